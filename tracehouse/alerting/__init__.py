@@ -1,0 +1,1 @@
+"""alerting: see DESIGN.md §3 (not built yet)."""

@@ -1,0 +1,197 @@
+"""The composition root: builds the ClickHouse client, then stores, pipeline and servers.
+
+``Tracehouse(settings).start()`` runs the configured roles in this process (all of them by
+default, which the embedded engine requires); ``stop()`` stops accepting, flushes everything
+acknowledged, and closes. Tests build it with port 0 and read the bound ports back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import uvicorn
+from fastapi import FastAPI
+
+from tracehouse import __version__, ingest, storage
+from tracehouse.config import Settings
+from tracehouse.ingest import IngestPipeline, OtlpReceiver, PipelineLimits, Sink, Spool
+from tracehouse.query import health_router
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ports:
+    grpc: int = 0
+    http: int = 0
+    api: int = 0
+
+
+@dataclass
+class _AsgiServers:
+    servers: list[uvicorn.Server] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+
+class Tracehouse:
+    """One process of tracehouse, running ``settings.roles``."""
+
+    def __init__(self, settings: Settings, sink: Sink | None = None) -> None:
+        self.settings = settings
+        self.ports = Ports()
+        self.client: Any = None
+        self._sink_override = sink
+        self.pipeline: IngestPipeline | None = None
+        self._grpc: grpc.Server | None = None
+        self._asgi = _AsgiServers()
+        self._migrated = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.client = storage.connect(s.resolved_clickhouse_url, s.cluster)
+        if s.auto_migrate:
+            applied = storage.Migrator(self.client, self.schema_options()).migrate()
+            if applied:
+                log.info("schema migrations applied: %s", ", ".join(applied))
+        self._migrated = not storage.Migrator(self.client, self.schema_options()).pending()
+
+        apps: list[tuple[Any, int]] = []
+        if "ingest" in s.roles:
+            otlp_app = self._start_ingest()
+            apps.append((otlp_app, s.http_port))
+        apps.append((self._api_app(), s.api_port))
+        sockets = [_bind(s.host, port) for _, port in apps]
+        if "ingest" in s.roles:
+            self.ports.http = sockets[0].getsockname()[1]
+        self.ports.api = sockets[-1].getsockname()[1]
+        self._serve_asgi([(app, sock) for (app, _), sock in zip(apps, sockets, strict=True)])
+        log.info(
+            "tracehouse %s up: roles=%s storage=%s grpc=%s http=%s api=%s",
+            __version__,
+            ",".join(s.roles),
+            _redact(s.resolved_clickhouse_url),
+            self.ports.grpc or "-",
+            self.ports.http or "-",
+            self.ports.api,
+        )
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop accepting, flush accepted data (insert or spool), then close."""
+        if self._grpc is not None:
+            self._grpc.stop(grace_s).wait()
+        for server in self._asgi.servers:
+            server.should_exit = True
+        if self._asgi.thread is not None:
+            self._asgi.thread.join(grace_s + 5)
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        if self.client is not None:
+            self.client.close()
+        log.info("tracehouse stopped")
+
+    def schema_options(self) -> storage.SchemaOptions:
+        return storage.SchemaOptions(
+            cluster=self.settings.cluster,
+            traces_retention_days=self.settings.traces_retention_days,
+            logs_retention_days=self.settings.logs_retention_days,
+        )
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def _start_ingest(self) -> Any:
+        s = self.settings
+        sink = self._sink_override or storage.ClickHouseWriter(self.client)
+        spool = Spool(s.resolved_spool_dir, s.spool_max_bytes)
+        limits = PipelineLimits(
+            batch_max_rows=s.batch_max_rows,
+            batch_max_wait_s=s.batch_max_wait_ms / 1000,
+            queue_max_rows=s.queue_max_rows,
+            replay_interval_s=s.spool_replay_interval_s,
+            dedup_window_s=s.dedup_window_s,
+            dedup_max_entries=s.dedup_max_entries,
+        )
+        redecode = functools.partial(ingest.redecode, max_value_length=s.max_attribute_value_length)
+        self.pipeline = IngestPipeline(sink, spool, redecode, limits)
+        self.pipeline.start()
+        receiver = OtlpReceiver(self.pipeline, s.max_attribute_value_length)
+        self._grpc = ingest.create_grpc_server(receiver, s.max_request_bytes, s.request_timeout_s)
+        self.ports.grpc = self._grpc.add_insecure_port(f"{_grpc_host(s.host)}:{s.grpc_port}")
+        if self.ports.grpc == 0:
+            raise OSError(f"cannot listen for OTLP/gRPC on {s.host}:{s.grpc_port}")
+        self._grpc.start()
+        return ingest.create_http_app(receiver, s.max_request_bytes, s.request_timeout_s)
+
+    def _api_app(self) -> FastAPI:
+        app = FastAPI(title="tracehouse", version=__version__)
+        app.include_router(health_router(self._readiness))
+        return app
+
+    def _readiness(self) -> str | None:
+        if not self._migrated:
+            return "schema migrations pending: run `tracehouse migrate`"
+        if self.client is None:
+            return "storage not connected"
+        try:
+            self.client.command("SELECT 1")
+        except Exception as exc:
+            return f"ClickHouse unreachable: {exc}"
+        if self.pipeline is not None and self.pipeline.degraded:
+            return "ClickHouse inserts failing; ingest is spooling to disk"
+        return None
+
+    def _serve_asgi(self, apps: list[tuple[Any, socket.socket]]) -> None:
+        for app, _ in apps:
+            config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+            self._asgi.servers.append(uvicorn.Server(config))
+
+        async def serve_all() -> None:
+            await asyncio.gather(
+                *(
+                    server.serve(sockets=[sock])
+                    for server, (_, sock) in zip(self._asgi.servers, apps, strict=True)
+                )
+            )
+
+        self._asgi.thread = threading.Thread(target=asyncio.run, args=(serve_all(),), name="asgi")
+        self._asgi.thread.start()
+        deadline = time.monotonic() + 30
+        while not all(server.started for server in self._asgi.servers):
+            if time.monotonic() > deadline or not self._asgi.thread.is_alive():
+                raise RuntimeError("HTTP servers did not start")
+            time.sleep(0.01)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {exc}") from exc
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _grpc_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url

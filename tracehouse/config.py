@@ -1,0 +1,107 @@
+"""Configuration: command-line flags > environment (``TRACEHOUSE_*``) > YAML file > defaults.
+
+The YAML file is named by ``--config`` or ``TRACEHOUSE_CONFIG``; its keys are the field names
+below (``clickhouse_url: http://…``). Every limit the server enforces is a field here, so that
+what an operator can tune is listed in one place (and in README's configuration table).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+Role = Literal["ingest", "query", "worker"]
+ALL_ROLES: tuple[Role, ...] = ("ingest", "query", "worker")
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything tracehouse can be told; see README "Configuration"."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACEHOUSE_", extra="forbid")
+
+    data_dir: Path = Path("tracehouse-data")
+    clickhouse_url: str | None = Field(
+        default=None,
+        description="chdb:///abs/path (embedded) or http(s)://user:pass@host:8123/db; "
+        "default: embedded engine in <data_dir>/clickhouse",
+    )
+    cluster: str | None = Field(default=None, description="ClickHouse cluster for ON CLUSTER DDL")
+    auto_migrate: bool = Field(default=True, description="apply pending migrations at start")
+    roles: list[Role] = Field(default_factory=lambda: list(ALL_ROLES))
+
+    host: str = "0.0.0.0"
+    grpc_port: int = 4317
+    http_port: int = 4318
+    api_port: int = 8080
+
+    traces_retention_days: int = Field(default=0, ge=0, description="days; 0 keeps data forever")
+    logs_retention_days: int = Field(default=0, ge=0, description="days; 0 keeps data forever")
+
+    max_request_bytes: int = Field(default=64 * MiB, gt=0)
+    max_attribute_value_length: int = Field(default=128 * 1024, gt=0, description="characters")
+
+    batch_max_rows: int = Field(default=20_000, gt=0)
+    batch_max_wait_ms: int = Field(default=100, ge=0)
+    queue_max_rows: int = Field(default=400_000, gt=0)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+
+    spool_dir: Path | None = Field(default=None, description="default: <data_dir>/spool")
+    spool_max_bytes: int = Field(default=1024 * MiB, gt=0)
+    spool_replay_interval_s: float = Field(default=5.0, gt=0)
+    dedup_window_s: float = Field(default=600.0, ge=0)
+    dedup_max_entries: int = Field(default=200_000, ge=0)
+
+    log_level: str = "INFO"
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _split_roles(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_file = os.environ.get("TRACEHOUSE_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if yaml_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file))
+        return tuple(sources)
+
+    @property
+    def resolved_clickhouse_url(self) -> str:
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def resolved_spool_dir(self) -> Path:
+        return self.spool_dir if self.spool_dir is not None else self.data_dir / "spool"
+
+    @property
+    def embedded(self) -> bool:
+        return self.resolved_clickhouse_url.startswith("chdb:")
+
+
+def load_settings(config_file: str | None = None, **flags: Any) -> Settings:
+    """Build settings; ``flags`` are command-line values (None means "not given")."""
+    if config_file:
+        os.environ["TRACEHOUSE_CONFIG"] = config_file
+    return Settings(**{k: v for k, v in flags.items() if v is not None})

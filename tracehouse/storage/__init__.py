@@ -1,0 +1,16 @@
+"""Storage: the ClickHouse connection, the schema and its migrations, and batch inserts."""
+
+from tracehouse.storage import conventions
+from tracehouse.storage.client import StorageConfigError, connect
+from tracehouse.storage.schema import Migrator, SchemaOptions, all_statements
+from tracehouse.storage.writer import ClickHouseWriter
+
+__all__ = [
+    "ClickHouseWriter",
+    "Migrator",
+    "SchemaOptions",
+    "StorageConfigError",
+    "all_statements",
+    "connect",
+    "conventions",
+]

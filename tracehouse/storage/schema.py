@@ -1,0 +1,188 @@
+"""Versioned schema migrations and retention, for one node or an ``ON CLUSTER`` cluster.
+
+Migrations are the numbered ``migrations/NNNN_name.sql`` files, applied in order and recorded
+in ``tracehouse_schema_migrations``. Every statement is ``IF NOT EXISTS``, so a migration cut
+off half-way is simply applied again. Statements after a ``-- cluster-only`` line exist only in
+cluster mode (the ``Distributed`` tables over the ``*_local`` replicated tables).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+from string import Template
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_TABLE = "tracehouse_schema_migrations"
+_CLUSTER_ONLY = "-- cluster-only"
+# Tables whose rows expire, with the expression their TTL is measured from.
+_TTL_COLUMNS = {
+    "otel_traces": "toDateTime(Timestamp)",
+    "otel_traces_trace_id_ts": "Start",
+    "otel_logs": "TimestampTime",
+}
+_TTL_DAYS = re.compile(r"TTL .*?toIntervalDay\((\d+)\)")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SchemaOptions:
+    """What shapes the DDL: the cluster (None for one node) and retention per signal."""
+
+    cluster: str | None = None
+    traces_retention_days: int = 0
+    logs_retention_days: int = 0
+
+    def retention_days(self, table: str) -> int:
+        return self.logs_retention_days if table == "otel_logs" else self.traces_retention_days
+
+    def local_name(self, table: str) -> str:
+        return f"{table}_local" if self.cluster else table
+
+    @property
+    def on_cluster(self) -> str:
+        return f"ON CLUSTER {quote_identifier(self.cluster)}" if self.cluster else ""
+
+    def engine(self, table: str) -> str:
+        if not self.cluster:
+            return "MergeTree"
+        path = f"/clickhouse/tables/{{shard}}/{{database}}/{table}_local"
+        return f"ReplicatedMergeTree('{path}', '{{replica}}')"
+
+    def ttl(self, table: str) -> str:
+        days = self.retention_days(table)
+        return f"TTL {_TTL_COLUMNS[table]} + toIntervalDay({days})" if days else ""
+
+
+def quote_identifier(name: str) -> str:
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def load_migrations() -> list[Migration]:
+    """The migrations shipped with this version, in order."""
+    found = []
+    for entry in resources.files("tracehouse.storage").joinpath("migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            version, _, rest = entry.name.partition("_")
+            found.append(Migration(int(version), rest.removesuffix(".sql"), entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+def render(migration: Migration, options: SchemaOptions) -> list[str]:
+    """The statements of one migration for these options, ready to execute."""
+    values: dict[str, str] = {
+        "on_cluster": options.on_cluster,
+        "cluster_name": quote_identifier(options.cluster) if options.cluster else "",
+        # Lets a spool replay carry an insert_deduplication_token on a single node too;
+        # replicated tables deduplicate through Keeper by default.
+        "dedup_setting": "" if options.cluster else ", non_replicated_deduplication_window = 1000",
+    }
+    for table in _TTL_COLUMNS:
+        values[table] = options.local_name(table)
+        values[f"engine_{table}"] = options.engine(table)
+        values[f"ttl_{table}"] = options.ttl(table)
+    statements = []
+    for chunk in migration.sql.split(";\n"):
+        body = chunk.strip()
+        if not body:
+            continue
+        cluster_only = _CLUSTER_ONLY in body
+        if cluster_only and not options.cluster:
+            continue
+        text = Template(body).substitute(values)
+        lines = [ln for ln in text.splitlines() if not ln.strip().startswith("--")]
+        statements.append("\n".join(lines).strip())
+    return statements
+
+
+def migrations_table_ddl(options: SchemaOptions) -> str:
+    engine = (
+        f"ReplicatedMergeTree('/clickhouse/tables/{{database}}/{MIGRATIONS_TABLE}', '{{replica}}')"
+        if options.cluster
+        else "MergeTree"
+    )
+    return (
+        f"CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} {options.on_cluster} ("
+        "version UInt32, name String, checksum String, applied_at DateTime64(3) DEFAULT now64(3)"
+        f") ENGINE = {engine} ORDER BY version"
+    )
+
+
+def all_statements(options: SchemaOptions) -> list[str]:
+    """Every DDL statement ``migrate`` would run on an empty database (for review and tests)."""
+    out = [migrations_table_ddl(options)]
+    for migration in load_migrations():
+        out.extend(render(migration, options))
+    return out
+
+
+class Migrator:
+    """Applies pending migrations and reconciles retention; safe to run any number of times."""
+
+    def __init__(self, client: Any, options: SchemaOptions) -> None:
+        self._client = client
+        self._options = options
+
+    def applied_versions(self) -> set[int]:
+        rows = self._client.query(f"SELECT DISTINCT version FROM {MIGRATIONS_TABLE}").result_rows
+        return {int(r[0]) for r in rows}
+
+    def migrate(self) -> list[str]:
+        """Apply what is missing; returns the names of the migrations applied now."""
+        self._client.command(migrations_table_ddl(self._options))
+        done = self.applied_versions()
+        applied = []
+        for migration in load_migrations():
+            if migration.version in done:
+                continue
+            log.info("applying migration %04d_%s", migration.version, migration.name)
+            for statement in render(migration, self._options):
+                self._client.command(statement)
+            self._client.insert(
+                MIGRATIONS_TABLE,
+                [[migration.version, migration.name, migration.checksum]],
+                column_names=["version", "name", "checksum"],
+            )
+            applied.append(f"{migration.version:04d}_{migration.name}")
+        self.reconcile_retention()
+        return applied
+
+    def pending(self) -> list[Migration]:
+        self._client.command(migrations_table_ddl(self._options))
+        done = self.applied_versions()
+        return [m for m in load_migrations() if m.version not in done]
+
+    def reconcile_retention(self) -> None:
+        """Make each table's TTL match the configured retention (changed settings apply here)."""
+        for table in _TTL_COLUMNS:
+            local = self._options.local_name(table)
+            rows = self._client.query(
+                "SELECT engine_full FROM system.tables "
+                "WHERE database = currentDatabase() AND name = {t:String}",
+                parameters={"t": local},
+            ).result_rows
+            if not rows:
+                continue
+            match = _TTL_DAYS.search(rows[0][0])
+            current = int(match.group(1)) if match else 0
+            wanted = self._options.retention_days(table)
+            if current == wanted:
+                continue
+            action = f"MODIFY {self._options.ttl(table)}" if wanted else "REMOVE TTL"
+            log.info("retention of %s: %s -> %s days", table, current or "forever", wanted)
+            self._client.command(f"ALTER TABLE {local} {self._options.on_cluster} {action}")

@@ -1,0 +1,1 @@
+"""topology: see DESIGN.md §3 (not built yet)."""
