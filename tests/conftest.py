@@ -1,0 +1,75 @@
+"""Shared fixtures: a real tracehouse server (gRPC + HTTP + API on loopback, port 0) over the
+real embedded ClickHouse engine.
+
+chDB allows one engine directory per process, so every server of a test session shares one
+engine directory; tests keep apart by using their own service names and trace ids.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tracehouse.app import Tracehouse
+from tracehouse.config import Settings
+from tracehouse.ingest import Sink
+
+DATA = Path(__file__).parent / "data"
+# The OTLP specification's own JSON examples (opentelemetry-proto/examples), copied verbatim.
+OTLP_EXAMPLES = DATA / "otlp-examples"
+
+
+@pytest.fixture(scope="session")
+def engine_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"chdb://{tmp_path_factory.mktemp('engine').resolve()}"
+
+
+ServerFactory = Callable[..., Tracehouse]
+
+
+@pytest.fixture
+def make_server(engine_url: str, tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start servers with settings overrides (and an optional sink); all stopped at teardown."""
+    started: list[Tracehouse] = []
+
+    def make(sink: Sink | None = None, **overrides: Any) -> Tracehouse:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / f"data-{len(started)}",
+            "clickhouse_url": engine_url,
+            "host": "127.0.0.1",
+            "grpc_port": 0,
+            "http_port": 0,
+            "api_port": 0,
+            "batch_max_wait_ms": 20,
+            "spool_replay_interval_s": 0.2,
+        }
+        values.update(overrides)
+        app = Tracehouse(Settings(**values), sink=sink)
+        app.start()
+        started.append(app)
+        return app
+
+    yield make
+    for app in reversed(started):
+        if app.client is not None:
+            app.stop()
+
+
+@pytest.fixture
+def server(make_server: ServerFactory) -> Tracehouse:
+    return make_server()
+
+
+@pytest.fixture
+def service_name() -> str:
+    """A service name no other test uses, to find this test's rows."""
+    return f"svc-{uuid.uuid4().hex[:12]}"
+
+
+def query(app: Tracehouse, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    """Rows of a parameterised query against the server's ClickHouse."""
+    return [tuple(row) for row in app.client.query(sql, parameters=params).result_rows]
