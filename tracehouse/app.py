@@ -87,15 +87,20 @@ class Tracehouse:
         )
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """Stop accepting, flush accepted data (insert or spool), then close."""
-        if self._grpc is not None:
-            self._grpc.stop(grace_s).wait()
+        """Stop accepting, flush accepted data (insert or spool), then close.
+
+        Requests in flight wait on the pipeline, so it is flushed before the servers are
+        waited for: every request accepted before the stop gets its answer.
+        """
+        grpc_stopped = self._grpc.stop(grace_s) if self._grpc is not None else None
         for server in self._asgi.servers:
             server.should_exit = True
-        if self._asgi.thread is not None:
-            self._asgi.thread.join(grace_s + 5)
         if self.pipeline is not None:
             self.pipeline.stop()
+        if grpc_stopped is not None:
+            grpc_stopped.wait()
+        if self._asgi.thread is not None:
+            self._asgi.thread.join(grace_s + 5)
         if self.client is not None:
             self.client.close()
         log.info("tracehouse stopped")

@@ -48,7 +48,7 @@ class SpoolEntry:
     @property
     def token(self) -> str:
         """The insert deduplication token of this batch (stable across replays)."""
-        return self.path.stem
+        return self.path.stem.partition("-")[2]
 
 
 class Spool:
