@@ -80,8 +80,8 @@ def test_log_examples_land(server: Tracehouse, example: str, expected: dict[str,
     rows = query(
         server,
         f"SELECT {columns}, LogAttributes FROM otel_logs "
-        "WHERE ServiceName = 'my.service' AND toUnixTimestamp64Nano(Timestamp) = 1544712660300000000 "
-        "AND EventName = {e:String}",
+        "WHERE ServiceName = 'my.service' AND EventName = {e:String} "
+        "AND toUnixTimestamp64Nano(Timestamp) = 1544712660300000000",
         e=str(expected.get("EventName", "")),
     )
     assert rows, "the example's record is not in otel_logs"
