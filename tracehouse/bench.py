@@ -1,0 +1,273 @@
+"""``tracehouse bench ingest``: end-to-end OTLP ingest throughput, CPU and peak RSS.
+
+Starts ``tracehouse serve`` as a child process on the embedded engine in a temporary
+directory, sends pre-built export requests (``--batch`` spans of ``--attributes`` attributes
+each, every span with its own ids) from ``--concurrency`` client threads, then stops the
+server with SIGTERM and counts the stored rows, so the figure is of data durably in ClickHouse.
+The requests are serialised before the clock starts, so the client costs little CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+@dataclass
+class BenchResult:
+    transport: str
+    spans: int
+    seconds: float
+    cpu_seconds: float
+    peak_rss_bytes: int
+    stored: int
+
+    @property
+    def spans_per_s(self) -> float:
+        return self.spans / self.seconds if self.seconds else 0.0
+
+
+def build_requests(total: int, batch: int, attributes: int, seed: int = 7) -> list[bytes]:
+    """Serialised export requests of ``batch`` spans, as an instrumented HTTP service sends."""
+    rng = random.Random(seed)
+    requests = []
+    sent = 0
+    services = [f"bench-svc-{i}" for i in range(8)]
+    while sent < total:
+        n = min(batch, total - sent)
+        request = ExportTraceServiceRequest()
+        rs = request.resource_spans.add()
+        rs.resource.attributes.extend(
+            [
+                KeyValue(key="service.name", value=AnyValue(string_value=rng.choice(services))),
+                KeyValue(key="host.name", value=AnyValue(string_value="bench-host")),
+            ]
+        )
+        ss = rs.scope_spans.add()
+        ss.scope.name = "bench"
+        now = time.time_ns()
+        for i in range(n):
+            span = ss.spans.add()
+            span.trace_id = rng.randbytes(16)
+            span.span_id = rng.randbytes(8)
+            if i % 4:
+                span.parent_span_id = rng.randbytes(8)
+            span.name = f"GET /api/item/{i % 20}"
+            span.kind = 2 if i % 4 == 0 else 3
+            span.start_time_unix_nano = now + i * 1000
+            span.end_time_unix_nano = now + i * 1000 + rng.randint(100_000, 50_000_000)
+            for a in range(attributes):
+                if a % 3 == 0:
+                    value = AnyValue(int_value=rng.randint(0, 10_000))
+                else:
+                    value = AnyValue(string_value=f"value-{rng.randint(0, 1000)}")
+                span.attributes.append(KeyValue(key=f"bench.attr.{a}", value=value))
+        requests.append(request.SerializeToString())
+        sent += n
+    return requests
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class _Server:
+    """``tracehouse serve`` in a child process, with its CPU and peak RSS."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.grpc_port, self.http_port, self.api_port = _free_port(), _free_port(), _free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "tracehouse.cli",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(self.grpc_port),
+            "--http-port",
+            str(self.http_port),
+            "--api-port",
+            str(self.api_port),
+        ]
+        env = {**os.environ, "TRACEHOUSE_LOG_LEVEL": "WARNING"}
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+        self.ps = psutil.Process(self.process.pid)
+        self._peak = 0
+        self._watching = True
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+        self._wait_ready()
+
+    def _watch(self) -> None:
+        while self._watching:
+            try:
+                self._peak = max(self._peak, self.ps.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.05)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError("tracehouse serve exited during start")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.api_port, timeout=1)
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("tracehouse serve did not become ready in 120 s")
+
+    def cpu_seconds(self) -> float:
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def stop(self) -> int:
+        """SIGTERM (flushes everything accepted); returns the peak RSS in bytes."""
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=300)
+        self._watching = False
+        return self._peak
+
+
+def _send_grpc(port: int, requests: list[bytes], concurrency: int) -> None:
+    import grpc
+
+    channel = grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    )
+    export = channel.unary_unary(_EXPORT, request_serializer=None, response_deserializer=None)
+    _run_clients(requests, concurrency, lambda body: export(body, timeout=120))
+    channel.close()
+
+
+def _send_http(port: int, requests: list[bytes], concurrency: int) -> None:
+    local = threading.local()
+
+    def post(body: bytes) -> None:
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        local.conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+        response = local.conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"HTTP {response.status}")
+
+    _run_clients(requests, concurrency, post)
+
+
+def _run_clients(requests: list[bytes], concurrency: int, send: Callable[[bytes], object]) -> None:
+    """Send every request once, ``concurrency`` at a time; retry refused ones after a pause."""
+    index = iter(range(len(requests)))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        while True:
+            with lock:
+                i = next(index, None)
+            if i is None:
+                return
+            for attempt in range(50):
+                try:
+                    send(requests[i])
+                    break
+                except Exception as exc:  # retryable refusal under overload: back off
+                    if attempt == 49:
+                        errors.append(exc)
+                    time.sleep(0.05 * (attempt + 1))
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} requests failed; first: {errors[0]}")
+
+
+def _count_stored(data_dir: Path) -> int:
+    import clickhouse_connect
+
+    client = clickhouse_connect.get_client(dsn=f"chdb://{(data_dir / 'clickhouse').resolve()}")
+    count = int(client.query("SELECT count() FROM otel_traces").result_rows[0][0])
+    client.close()
+    return count
+
+
+def bench_transport(
+    transport: str, requests: list[bytes], spans: int, concurrency: int
+) -> BenchResult:
+    """Run one end-to-end measurement against a fresh server; run in a child process."""
+    with tempfile.TemporaryDirectory(prefix="tracehouse-bench-") as tmp:
+        server = _Server(Path(tmp))
+        cpu_before = server.cpu_seconds()
+        started = time.perf_counter()
+        if transport == "grpc":
+            _send_grpc(server.grpc_port, requests, concurrency)
+        else:
+            _send_http(server.http_port, requests, concurrency)
+        elapsed = time.perf_counter() - started
+        cpu = server.cpu_seconds() - cpu_before
+        peak = server.stop()
+        stored = _count_stored(Path(tmp))
+    return BenchResult(transport, spans, elapsed, cpu, peak, stored)
+
+
+def run_ingest_bench(args: argparse.Namespace) -> int:
+    transports = ["grpc", "http"] if args.transport == "both" else [args.transport]
+    print(
+        f"building {args.spans:,} spans in requests of {args.batch} spans, "
+        f"{args.attributes} attributes each …",
+        flush=True,
+    )
+    requests = build_requests(args.spans, args.batch, args.attributes)
+    size = sum(len(r) for r in requests)
+    print(f"{len(requests):,} requests, {size / 1e6:,.1f} MB of protobuf", flush=True)
+    results = []
+    for transport in transports:
+        print(f"sending over {transport} with {args.concurrency} requests in flight …", flush=True)
+        results.append(bench_transport(transport, requests, args.spans, args.concurrency))
+    print()
+    print(
+        f"{'transport':<10}{'spans/s':>12}{'seconds':>10}{'CPU s/100k':>12}{'peak RSS':>11}{'stored':>12}"
+    )
+    ok = True
+    for r in results:
+        cpu_per_100k = r.cpu_seconds / r.spans * 100_000 if r.spans else 0.0
+        print(
+            f"{r.transport:<10}{r.spans_per_s:>12,.0f}{r.seconds:>10.2f}{cpu_per_100k:>12.2f}"
+            f"{r.peak_rss_bytes / 2**20:>8.0f} MiB{r.stored:>12,}"
+        )
+        if r.stored != r.spans:
+            ok = False
+            print(f"  LOST DATA: sent {r.spans:,} spans, stored {r.stored:,}")
+    print(f"\nmachine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB")
+    return 0 if ok else 1
