@@ -55,8 +55,7 @@ def make_server(engine_url: str, tmp_path: Path) -> Iterator[ServerFactory]:
 
     yield make
     for app in reversed(started):
-        if app.client is not None:
-            app.stop()
+        app.stop()  # idempotent
 
 
 @pytest.fixture

@@ -52,11 +52,20 @@ class Tracehouse:
         self.pipeline: IngestPipeline | None = None
         self._grpc: grpc.Server | None = None
         self._asgi = _AsgiServers()
+        self._sockets: list[socket.socket] = []
         self._migrated = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the roles; on any failure, undo what was started and re-raise."""
+        try:
+            self._start()
+        except BaseException:
+            self.stop(grace_s=1.0)
+            raise
+
+    def _start(self) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.client = storage.connect(s.resolved_clickhouse_url, s.cluster)
@@ -66,16 +75,17 @@ class Tracehouse:
                 log.info("schema migrations applied: %s", ", ".join(applied))
         self._migrated = not storage.Migrator(self.client, self.schema_options()).pending()
 
-        apps: list[tuple[Any, int]] = []
+        # Bind every port first, so a busy port fails the start before anything runs.
+        api_socket = _bind(s.host, s.api_port)
+        self._sockets.append(api_socket)
+        self.ports.api = api_socket.getsockname()[1]
+        apps: list[tuple[Any, socket.socket]] = [(self._api_app(), api_socket)]
         if "ingest" in s.roles:
-            otlp_app = self._start_ingest()
-            apps.append((otlp_app, s.http_port))
-        apps.append((self._api_app(), s.api_port))
-        sockets = [_bind(s.host, port) for _, port in apps]
-        if "ingest" in s.roles:
-            self.ports.http = sockets[0].getsockname()[1]
-        self.ports.api = sockets[-1].getsockname()[1]
-        self._serve_asgi([(app, sock) for (app, _), sock in zip(apps, sockets, strict=True)])
+            http_socket = _bind(s.host, s.http_port)
+            self._sockets.append(http_socket)
+            self.ports.http = http_socket.getsockname()[1]
+            apps.append((self._start_ingest(), http_socket))
+        self._serve_asgi(apps)
         log.info(
             "tracehouse %s up: roles=%s storage=%s grpc=%s http=%s api=%s",
             __version__,
@@ -87,12 +97,13 @@ class Tracehouse:
         )
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """Stop accepting, flush accepted data (insert or spool), then close.
+        """Stop accepting, flush accepted data (insert or spool), then close. Idempotent.
 
         Requests in flight wait on the pipeline, so it is flushed before the servers are
         waited for: every request accepted before the stop gets its answer.
         """
         grpc_stopped = self._grpc.stop(grace_s) if self._grpc is not None else None
+        self._grpc = None
         for server in self._asgi.servers:
             server.should_exit = True
         if self.pipeline is not None:
@@ -101,8 +112,13 @@ class Tracehouse:
             grpc_stopped.wait()
         if self._asgi.thread is not None:
             self._asgi.thread.join(grace_s + 5)
+            self._asgi = _AsgiServers()
+        for sock in self._sockets:
+            sock.close()
+        self._sockets.clear()
         if self.client is not None:
             self.client.close()
+            self.client = None
         log.info("tracehouse stopped")
 
     def schema_options(self) -> storage.SchemaOptions:

@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 _EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
@@ -71,7 +72,7 @@ def build_requests(total: int, batch: int, attributes: int, seed: int = 7) -> li
             if i % 4:
                 span.parent_span_id = rng.randbytes(8)
             span.name = f"GET /api/item/{i % 20}"
-            span.kind = 2 if i % 4 == 0 else 3
+            span.kind = Span.SPAN_KIND_SERVER if i % 4 == 0 else Span.SPAN_KIND_CLIENT
             span.start_time_unix_nano = now + i * 1000
             span.end_time_unix_nano = now + i * 1000 + rng.randint(100_000, 50_000_000)
             for a in range(attributes):
@@ -256,9 +257,8 @@ def run_ingest_bench(args: argparse.Namespace) -> int:
         print(f"sending over {transport} with {args.concurrency} requests in flight …", flush=True)
         results.append(bench_transport(transport, requests, args.spans, args.concurrency))
     print()
-    print(
-        f"{'transport':<10}{'spans/s':>12}{'seconds':>10}{'CPU s/100k':>12}{'peak RSS':>11}{'stored':>12}"
-    )
+    header = ("transport", "spans/s", "seconds", "CPU s/100k", "peak RSS", "stored")
+    print("{:<10}{:>12}{:>10}{:>12}{:>11}{:>12}".format(*header))
     ok = True
     for r in results:
         cpu_per_100k = r.cpu_seconds / r.spans * 100_000 if r.spans else 0.0
