@@ -25,8 +25,8 @@ def connect(url: str, cluster: str | None = None) -> Any:
     """Return a clickhouse-connect client for ``url`` (see module docstring)."""
     parts = urlsplit(url)
     if parts.scheme == "chdb":
-        path = Path(parts.path or parts.netloc)
-        if not path.is_absolute():
+        path = Path(parts.netloc + parts.path)
+        if parts.netloc or not path.is_absolute():
             raise StorageConfigError(
                 f"embedded ClickHouse needs an absolute path: chdb:///abs/dir, got {url!r}"
             )

@@ -2,8 +2,8 @@
 
 Migrations are the numbered ``migrations/NNNN_name.sql`` files, applied in order and recorded
 in ``tracehouse_schema_migrations``. Every statement is ``IF NOT EXISTS``, so a migration cut
-off half-way is simply applied again. Statements after a ``-- cluster-only`` line exist only in
-cluster mode (the ``Distributed`` tables over the ``*_local`` replicated tables).
+off half-way is simply applied again. A statement containing a ``-- cluster-only`` line exists
+only in cluster mode (the ``Distributed`` tables over the ``*_local`` replicated tables).
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def render(migration: Migration, options: SchemaOptions) -> list[str]:
 
 def migrations_table_ddl(options: SchemaOptions) -> str:
     engine = (
-        f"ReplicatedMergeTree('/clickhouse/tables/{{database}}/{MIGRATIONS_TABLE}', '{{replica}}')"
+        f"ReplicatedMergeTree('/clickhouse/tables/{{shard}}/{{database}}/{MIGRATIONS_TABLE}', "
+        "'{replica}')"
         if options.cluster
         else "MergeTree"
     )
@@ -139,7 +140,20 @@ class Migrator:
         self._options = options
 
     def applied_versions(self) -> set[int]:
-        rows = self._client.query(f"SELECT DISTINCT version FROM {MIGRATIONS_TABLE}").result_rows
+        """Versions recorded as applied; warns when a shipped migration changed since."""
+        rows = self._client.query(
+            f"SELECT version, any(checksum) FROM {MIGRATIONS_TABLE} GROUP BY version"
+        ).result_rows
+        shipped = {m.version: m for m in load_migrations()}
+        for version, checksum in rows:
+            migration = shipped.get(int(version))
+            if migration is not None and migration.checksum != checksum:
+                log.warning(
+                    "migration %04d_%s differs from the version applied to this database; "
+                    "applied migrations are never re-run: add a new migration instead",
+                    migration.version,
+                    migration.name,
+                )
         return {int(r[0]) for r in rows}
 
     def migrate(self) -> list[str]:
