@@ -44,8 +44,7 @@ def make_server(engine_url: str, tmp_path: Path) -> Iterator[ServerFactory]:
             "grpc_port": 0,
             "http_port": 0,
             "api_port": 0,
-            "batch_max_wait_ms": 20,
-            "spool_replay_interval_s": 0.2,
+            "insert_retry_interval_s": 0.2,
         }
         values.update(overrides)
         app = Tracehouse(Settings(**values), sink=sink)
@@ -70,5 +69,8 @@ def service_name() -> str:
 
 
 def query(app: Tracehouse, sql: str, **params: Any) -> list[tuple[Any, ...]]:
-    """Rows of a parameterised query against the server's ClickHouse."""
+    """Rows of a parameterised query against the server's ClickHouse, once everything the
+    server acknowledged is inserted (acknowledged means on disk; inserts follow)."""
+    if app.pipeline is not None:
+        assert app.pipeline.wait_stored(30), "acknowledged data not inserted within 30 s"
     return [tuple(row) for row in app.client.query(sql, parameters=params).result_rows]

@@ -8,7 +8,6 @@ acknowledged, and closes. Tests build it with port 0 and read the bound ports ba
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import socket
 import threading
@@ -54,6 +53,7 @@ class Tracehouse:
         self._asgi = _AsgiServers()
         self._sockets: list[socket.socket] = []
         self._migrated = False
+        self._writer: storage.ClickHouseWriter | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -116,6 +116,9 @@ class Tracehouse:
         for sock in self._sockets:
             sock.close()
         self._sockets.clear()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         if self.client is not None:
             self.client.close()
             self.client = None
@@ -132,18 +135,28 @@ class Tracehouse:
 
     def _start_ingest(self) -> Any:
         s = self.settings
-        sink = self._sink_override or storage.ClickHouseWriter(self.client)
+        if self._sink_override is not None:
+            sink = self._sink_override
+        else:
+            self._writer = storage.ClickHouseWriter(
+                lambda: storage.connect(s.resolved_clickhouse_url, s.cluster),
+                embedded=s.embedded,
+                max_value_length=s.max_attribute_value_length,
+                pool_size=2 * s.ingest_writers,
+            )
+            sink = self._writer
         spool = Spool(s.resolved_spool_dir, s.spool_max_bytes)
         limits = PipelineLimits(
             batch_max_rows=s.batch_max_rows,
-            batch_max_wait_s=s.batch_max_wait_ms / 1000,
             queue_max_rows=s.queue_max_rows,
-            replay_interval_s=s.spool_replay_interval_s,
+            spool_flush_s=s.spool_flush_ms / 1000,
+            retry_interval_s=s.insert_retry_interval_s,
+            drain_timeout_s=s.drain_timeout_s,
             dedup_window_s=s.dedup_window_s,
             dedup_max_entries=s.dedup_max_entries,
+            writers_per_signal=s.ingest_writers,
         )
-        redecode = functools.partial(ingest.redecode, max_value_length=s.max_attribute_value_length)
-        self.pipeline = IngestPipeline(sink, spool, redecode, limits)
+        self.pipeline = IngestPipeline(sink, spool, limits)
         self.pipeline.start()
         receiver = OtlpReceiver(self.pipeline, s.max_attribute_value_length)
         self._grpc = ingest.create_grpc_server(receiver, s.max_request_bytes, s.request_timeout_s)
@@ -168,7 +181,7 @@ class Tracehouse:
         except Exception as exc:
             return f"ClickHouse unreachable: {exc}"
         if self.pipeline is not None and self.pipeline.degraded:
-            return "ClickHouse inserts failing; ingest is spooling to disk"
+            return "ClickHouse inserts failing; ingest keeps accepting into the spool"
         return None
 
     def _serve_asgi(self, apps: list[tuple[Any, socket.socket]]) -> None:

@@ -50,14 +50,16 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * MiB, gt=0)
     max_attribute_value_length: int = Field(default=128 * 1024, gt=0, description="characters")
 
-    batch_max_rows: int = Field(default=20_000, gt=0)
-    batch_max_wait_ms: int = Field(default=100, ge=0)
-    queue_max_rows: int = Field(default=400_000, gt=0)
+    batch_max_rows: int = Field(default=100_000, gt=0, description="items per insert")
+    queue_max_rows: int = Field(default=500_000, gt=0, description="items waiting for the disk")
+    ingest_writers: int = Field(default=2, ge=1, le=16, description="concurrent inserts per signal")
     request_timeout_s: float = Field(default=30.0, gt=0)
 
     spool_dir: Path | None = Field(default=None, description="default: <data_dir>/spool")
-    spool_max_bytes: int = Field(default=1024 * MiB, gt=0)
-    spool_replay_interval_s: float = Field(default=5.0, gt=0)
+    spool_max_bytes: int = Field(default=2048 * MiB, gt=0)
+    spool_flush_ms: int = Field(default=10, ge=0, description="group commit window of the spool")
+    insert_retry_interval_s: float = Field(default=5.0, gt=0)
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="insert the spool at stop")
     dedup_window_s: float = Field(default=600.0, ge=0)
     dedup_max_entries: int = Field(default=200_000, ge=0)
 

@@ -1,11 +1,10 @@
-"""The few types every package shares: the column layout of the raw tables and a row batch.
+"""The few types every package shares: the signals and the column layout of the raw tables.
 
-Columns are listed in insert order; the ingest decoder fills rows and storage writes them.
+Columns are listed in insert order (storage/otlp_sql.py produces them in this order).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -68,14 +67,3 @@ LOG_COLUMNS: tuple[str, ...] = (
 )
 
 COLUMNS: dict[Signal, tuple[str, ...]] = {Signal.TRACES: TRACE_COLUMNS, Signal.LOGS: LOG_COLUMNS}
-
-
-@dataclass
-class RowBatch:
-    """Rows of one signal; each row is a tuple in the order of ``COLUMNS[signal]``."""
-
-    signal: Signal
-    rows: list[tuple[object, ...]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.rows)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,7 +18,7 @@ from tests.conftest import ServerFactory, query
 from tests.ingest.otlp_factory import log_request, trace_request
 from tracehouse import storage
 from tracehouse.app import Tracehouse
-from tracehouse.model import RowBatch
+from tracehouse.model import Signal
 
 PROTO = {"Content-Type": "application/x-protobuf"}
 
@@ -25,28 +26,27 @@ PROTO = {"Content-Type": "application/x-protobuf"}
 class FlakySink:
     """The real ClickHouse writer behind a switch that makes inserts fail, like an outage."""
 
-    def __init__(self, client: Any) -> None:
-        self._writer = storage.ClickHouseWriter(client)
+    def __init__(self, engine_url: str) -> None:
+        self._writer = storage.ClickHouseWriter(
+            lambda: storage.connect(engine_url), embedded=True, max_value_length=131072
+        )
         self.failing = threading.Event()
         self.delay_s = 0.0
         self.attempts = 0
 
-    def insert(self, batch: RowBatch, dedup_token: str | None = None) -> None:
+    def insert(self, signal: Signal, files: list[Path], dedup_token: str | None = None) -> None:
         self.attempts += 1
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.failing.is_set():
             raise ConnectionError("injected: ClickHouse unreachable")
-        self._writer.insert(batch, dedup_token)
-
-
-def _flaky(engine_url: str) -> FlakySink:
-    return FlakySink(storage.connect(engine_url))
+        self._writer.insert(signal, files, dedup_token)
 
 
 def _count(app: Tracehouse, table: str, service: str) -> int:
+    """Rows stored now (not waiting for pending inserts, unlike conftest.query)."""
     sql = f"SELECT count() FROM {table} WHERE ServiceName = {{s:String}}"
-    return int(query(app, sql, s=service)[0][0])
+    return int(app.client.query(sql, parameters={"s": service}).result_rows[0][0])
 
 
 def _post(app: Tracehouse, body: bytes, path: str = "/v1/traces") -> httpx.Response:
@@ -67,7 +67,7 @@ def _wait_for(predicate: Any, timeout_s: float = 20.0) -> bool:
 def test_outage_spools_and_recovery_stores_everything_once(
     make_server: ServerFactory, engine_url: str, service_name: str
 ) -> None:
-    sink = _flaky(engine_url)
+    sink = FlakySink(engine_url)
     app = make_server(sink=sink)
     sink.failing.set()
     for _ in range(5):
@@ -79,9 +79,11 @@ def test_outage_spools_and_recovery_stores_everything_once(
     )
     assert _count(app, "otel_traces", service_name) == 0
     assert list(app.settings.resolved_spool_dir.glob("*.spool"))
+    assert _wait_for(
+        lambda: httpx.get(f"http://127.0.0.1:{app.ports.api}/readyz").status_code == 503
+    )
     ready = httpx.get(f"http://127.0.0.1:{app.ports.api}/readyz")
-    assert ready.status_code == 503
-    assert "spooling" in ready.json()["reason"]
+    assert "inserts failing" in ready.json()["reason"]
 
     sink.failing.clear()
     assert _wait_for(lambda: _count(app, "otel_traces", service_name) >= 20)
@@ -94,33 +96,36 @@ def test_outage_spools_and_recovery_stores_everything_once(
 def test_spool_left_by_a_stopped_server_is_replayed_at_start(
     make_server: ServerFactory, engine_url: str, service_name: str, tmp_path: Any
 ) -> None:
-    sink = _flaky(engine_url)
+    sink = FlakySink(engine_url)
     sink.failing.set()
     data_dir = tmp_path / "restart"
-    first = make_server(sink=sink, data_dir=data_dir, spool_replay_interval_s=3600)
+    first = make_server(sink=sink, data_dir=data_dir, drain_timeout_s=0)
     assert _post(first, trace_request(service_name, spans=7).SerializeToString()).status_code == 200
+    assert _wait_for(lambda: sink.attempts > 0)  # a group was formed and its insert failed
     first.stop()
     assert len(list((data_dir / "spool").glob("*.spool"))) == 1
+    assert len(list((data_dir / "spool").glob("*.group"))) == 1
 
     second = make_server(data_dir=data_dir)
+    assert _wait_for(lambda: _count(second, "otel_traces", service_name) == 7)
+    assert _wait_for(lambda: not list((data_dir / "spool").iterdir()))
     assert _count(second, "otel_traces", service_name) == 7
-    assert not list((data_dir / "spool").glob("*.spool"))
 
 
 def test_replay_of_an_insert_that_had_landed_adds_nothing(
     make_server: ServerFactory, engine_url: str, service_name: str
 ) -> None:
-    """An insert that reached ClickHouse but whose answer was lost is spooled; its replay
-    carries the same deduplication token, so the rows are stored once."""
+    """An insert that reached ClickHouse but whose answer was lost is retried under the same
+    deduplication token, so the rows are stored once."""
 
     class LostAnswerSink(FlakySink):
-        def insert(self, batch: RowBatch, dedup_token: str | None = None) -> None:
-            self._writer.insert(batch, dedup_token)
+        def insert(self, signal: Signal, files: list[Path], dedup_token: str | None = None) -> None:
+            self._writer.insert(signal, files, dedup_token)
             if self.failing.is_set():
                 self.failing.clear()
                 raise TimeoutError("injected: answer lost after the insert landed")
 
-    sink = LostAnswerSink(storage.connect(engine_url))
+    sink = LostAnswerSink(engine_url)
     sink.failing.set()
     app = make_server(sink=sink)
     assert _post(app, trace_request(service_name, spans=5).SerializeToString()).status_code == 200
@@ -140,34 +145,46 @@ def test_retried_request_is_not_stored_twice(server: Tracehouse, service_name: s
     )
     export(body, timeout=10)
     channel.close()
-    assert _count(server, "otel_traces", service_name) == 4
+    assert query(
+        server, "SELECT count() FROM otel_traces WHERE ServiceName = {s:String}", s=service_name
+    ) == [(4,)]
 
 
-def test_overload_is_refused_with_retryable_status_and_nothing_acknowledged_is_lost(
+def test_full_spool_is_refused_with_retryable_status_and_nothing_acknowledged_is_lost(
     make_server: ServerFactory, engine_url: str, service_name: str
 ) -> None:
-    sink = _flaky(engine_url)
-    sink.delay_s = 0.3
-    app = make_server(sink=sink, queue_max_rows=20, batch_max_rows=10)
-    bodies = [trace_request(service_name, spans=10).SerializeToString() for _ in range(12)]
-    with ThreadPoolExecutor(12) as pool:
-        http_results = list(pool.map(lambda b: _post(app, b), bodies[:6]))
-        grpc_results = list(pool.map(lambda b: _grpc_export(app, b), bodies[6:]))
+    sink = FlakySink(engine_url)
+    sink.failing.set()
+    body_size = len(trace_request(service_name, spans=10).SerializeToString())
+    app = make_server(sink=sink, spool_max_bytes=body_size * 5)
+    http_results = [
+        _post(app, trace_request(service_name, spans=10).SerializeToString()) for _ in range(8)
+    ]
+    grpc_results = [
+        _grpc_export(app, trace_request(service_name, spans=10).SerializeToString())
+        for _ in range(3)
+    ]
 
+    accepted = [r for r in http_results if r.status_code == 200]
     refused = [r for r in http_results if r.status_code != 200]
-    assert refused, "a queue of 20 rows cannot hold 60 rows at once"
+    assert len(accepted) == 4, "a spool of five request sizes holds four (each file has framing)"
     for response in refused:
         assert response.status_code == 503
         assert int(response.headers["Retry-After"]) >= 1
-    grpc_refused = [r for r in grpc_results if r is not None]
-    assert grpc_refused
-    for code, retry_delay in grpc_refused:
+        assert "spool is full" in _decode_status(response).message
+    assert grpc_results and all(r is not None for r in grpc_results)
+    for code, retry_delay in grpc_results:  # type: ignore[misc]
         assert code == grpc.StatusCode.UNAVAILABLE
         assert retry_delay >= 1
-    accepted = sum(r.status_code == 200 for r in http_results) + sum(
-        r is None for r in grpc_results
-    )
-    assert _count(app, "otel_traces", service_name) == 10 * accepted
+
+    sink.failing.clear()
+    assert _wait_for(lambda: _count(app, "otel_traces", service_name) == 40)
+    assert _post(app, trace_request(service_name, spans=10).SerializeToString()).status_code == 200
+    assert _wait_for(lambda: _count(app, "otel_traces", service_name) == 50)
+
+
+def _decode_status(response: httpx.Response) -> status_pb2.Status:
+    return status_pb2.Status.FromString(response.content)
 
 
 def _grpc_export(app: Tracehouse, body: bytes) -> tuple[grpc.StatusCode, int] | None:
@@ -192,29 +209,21 @@ def _grpc_export(app: Tracehouse, body: bytes) -> tuple[grpc.StatusCode, int] | 
     return None
 
 
-def test_sigterm_style_stop_flushes_everything_accepted(
-    make_server: ServerFactory, service_name: str
+def test_stop_inserts_everything_acknowledged(
+    make_server: ServerFactory, engine_url: str, service_name: str
 ) -> None:
-    app = make_server(batch_max_wait_ms=60_000, batch_max_rows=1_000_000)
+    sink = FlakySink(engine_url)
+    sink.delay_s = 0.5  # inserts lag behind the acknowledgements
+    app = make_server(sink=sink)
     with ThreadPoolExecutor(4) as pool:
-        futures = [
-            pool.submit(_post, app, trace_request(service_name, spans=5).SerializeToString())
-            for _ in range(4)
-        ]
-        assert _wait_for(lambda: app.pipeline is not None and _queued(app) == 20, 10)
-        client = storage.connect(app.settings.resolved_clickhouse_url)
-        app.stop()
-        assert all(f.result().status_code == 200 for f in futures)
+        bodies = [trace_request(service_name, spans=5).SerializeToString() for _ in range(4)]
+        assert all(r.status_code == 200 for r in pool.map(lambda b: _post(app, b), bodies))
+    client = storage.connect(app.settings.resolved_clickhouse_url)
+    assert _count(app, "otel_traces", service_name) < 20
+    app.stop()
     rows = client.query(
         "SELECT count() FROM otel_traces WHERE ServiceName = {s:String}",
         parameters={"s": service_name},
     ).result_rows
     assert rows[0][0] == 20
-
-
-def _queued(app: Tracehouse) -> int:
-    text = httpx.get(f"http://127.0.0.1:{app.ports.api}/metrics").text
-    for line in text.splitlines():
-        if line.startswith('tracehouse_ingest_queue_rows{signal="traces"}'):
-            return int(float(line.rsplit(" ", 1)[1]))
-    return 0
+    assert not list(app.settings.resolved_spool_dir.glob("*.spool"))

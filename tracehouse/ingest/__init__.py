@@ -3,7 +3,7 @@
 from tracehouse.ingest.grpc_server import create_server as create_grpc_server
 from tracehouse.ingest.http_server import create_app as create_http_app
 from tracehouse.ingest.pipeline import IngestPipeline, Overloaded, PipelineLimits, Sink, Unavailable
-from tracehouse.ingest.receiver import InvalidRequest, OtlpReceiver, redecode
+from tracehouse.ingest.receiver import InvalidRequest, OtlpReceiver
 from tracehouse.ingest.spool import Spool
 
 __all__ = [
@@ -17,5 +17,4 @@ __all__ = [
     "Unavailable",
     "create_grpc_server",
     "create_http_app",
-    "redecode",
 ]

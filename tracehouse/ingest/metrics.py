@@ -19,22 +19,32 @@ TRUNCATED = Counter(
     "Attribute values and log bodies cut to max_attribute_value_length",
     ["signal"],
 )
+QUEUE_ROWS = Gauge(
+    "tracehouse_ingest_queue_rows",
+    "Items accepted and waiting for the spool write (in memory)",
+    ["signal"],
+)
+SPOOL_WRITE_SECONDS = Histogram(
+    "tracehouse_ingest_spool_write_seconds",
+    "Time to write and fsync one spool file (what an acknowledgement waits for)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+SPOOL_BYTES = Gauge("tracehouse_ingest_spool_bytes", "Bytes in the write-ahead spool")
+SPOOL_FILES = Gauge("tracehouse_ingest_spool_files", "Files in the write-ahead spool")
+SPOOL_FAILED = Counter(
+    "tracehouse_ingest_spool_refused_items_total",
+    "Spooled items ClickHouse refused as data (kept as *.failed in the spool directory)",
+    ["signal"],
+)
 BATCHES = Counter(
     "tracehouse_ingest_batches_total",
-    "Batches flushed, by signal and where they went (inserted, spooled, failed)",
+    "Inserts into ClickHouse by signal and outcome (inserted, failed, refused)",
     ["signal", "outcome"],
 )
 FLUSH_SECONDS = Histogram(
     "tracehouse_ingest_flush_seconds",
-    "Time to insert one batch into ClickHouse",
+    "Time to insert one group of spool files into ClickHouse",
     ["signal"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-QUEUE_ROWS = Gauge(
-    "tracehouse_ingest_queue_rows", "Rows accepted and waiting for a flush", ["signal"]
-)
-SPOOL_BYTES = Gauge("tracehouse_ingest_spool_bytes", "Bytes in the local write-ahead spool")
-SPOOL_FILES = Gauge("tracehouse_ingest_spool_files", "Batches in the local write-ahead spool")
-REPLAYED = Counter(
-    "tracehouse_ingest_spool_replayed_total", "Spooled batches inserted after recovery", ["signal"]
-)
+DEGRADED = Gauge("tracehouse_ingest_degraded", "1 while inserts into ClickHouse are failing")

@@ -1,14 +1,16 @@
-"""The batching writer between OTLP receivers and storage.
+"""Between the OTLP receivers and ClickHouse: acknowledge once on disk, insert in large groups.
 
-Receivers submit decoded rows and wait on a future. A writer thread per signal gathers what
-has been submitted (flushing at ``batch_max_rows`` rows or ``batch_max_wait_ms`` after the
-oldest arrival) and inserts it in one go; the futures complete only once the rows are durable:
-inserted, or — when the insert fails — written to the local spool. A request is therefore
-acknowledged only when its data is durable, and memory is bounded by ``queue_max_rows``:
-past it, submit refuses at once with ``Overloaded`` (the receivers answer 503/UNAVAILABLE).
+Receivers submit validated export requests (protobuf bytes) and wait on a future. A spool
+thread writes everything submitted since its last write into one spool file and fsyncs it
+(every ``spool_flush_ms`` at most, group commit); the futures complete then, so a request is
+acknowledged only when its data is durable. Inserter threads take the oldest spool files of a
+signal in groups of up to ``batch_max_rows`` items and insert each group with one statement,
+which is what ClickHouse wants (few large inserts; planning one costs it ~0.3 s).
 
-Every flush carries an insert deduplication token; a batch that failed is spooled under the
-same token, so a replay of an insert that had in fact landed adds nothing.
+Bounds: requests waiting for the spool write are limited by ``queue_max_rows`` items, and the
+spool by ``spool_max_bytes``; past either, submit refuses at once with ``Overloaded`` (the
+receivers answer 503 / UNAVAILABLE with a retry delay). While ClickHouse fails, groups are
+retried with backoff under the same deduplication token and the spool absorbs the gap.
 """
 
 from __future__ import annotations
@@ -16,28 +18,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from tracehouse.ingest import metrics
-from tracehouse.ingest.spool import Spool, SpoolCorrupt, SpoolEntry
-from tracehouse.model import RowBatch, Signal
+from tracehouse.ingest.spool import Group, Spool, SpoolFull
+from tracehouse.model import Signal
+from tracehouse.storage import RefusedData
 
 log = logging.getLogger(__name__)
 
 
 class Sink(Protocol):
-    """Where batches go: storage's ClickHouseWriter in production."""
+    """Where spool files go: storage's ClickHouseWriter in production."""
 
-    def insert(self, batch: RowBatch, dedup_token: str | None = None) -> None: ...
+    def insert(self, signal: Signal, files: list[Path], dedup_token: str | None = None) -> None:
+        """Store the items of these spool files durably, or raise: ``RefusedData`` when the
+        store rejects the data itself (retrying cannot help), anything else for an outage."""
+        ...
 
 
 class Overloaded(Exception):
-    """Too much is queued; the client should retry after ``retry_after_s``."""
+    """Too much is waiting; the client should retry after ``retry_after_s``."""
 
     def __init__(self, message: str, retry_after_s: int = 1) -> None:
         super().__init__(message)
@@ -45,29 +50,27 @@ class Overloaded(Exception):
 
 
 class Unavailable(Exception):
-    """The data could be neither inserted nor spooled; nothing was acknowledged."""
-
-
-# Decodes the wire payloads of a spooled batch back into rows (set by the receiver).
-Redecoder = Callable[[Signal, list[bytes]], RowBatch]
+    """The data could not be made durable; nothing was acknowledged."""
 
 
 @dataclass(frozen=True)
 class PipelineLimits:
-    batch_max_rows: int = 20_000
-    batch_max_wait_s: float = 0.1
-    queue_max_rows: int = 400_000
-    replay_interval_s: float = 5.0
+    batch_max_rows: int = 50_000
+    queue_max_rows: int = 500_000
+    spool_flush_s: float = 0.01
+    retry_interval_s: float = 5.0
+    writers_per_signal: int = 2
     dedup_window_s: float = 600.0
     dedup_max_entries: int = 200_000
+    drain_timeout_s: float = 30.0
 
 
 @dataclass
 class _Pending:
-    batch: RowBatch
+    signal: Signal
     payload: bytes
+    items: int
     future: Future[None]
-    arrived: float
 
 
 class _RecentRequests:
@@ -99,205 +102,211 @@ class _RecentRequests:
 
 
 class IngestPipeline:
-    """Bounded, batching, durable-before-ack writer (see module docstring)."""
+    """Durable-before-ack, bounded, group-inserting writer (see module docstring)."""
 
-    def __init__(
-        self, sink: Sink, spool: Spool, redecode: Redecoder, limits: PipelineLimits
-    ) -> None:
+    def __init__(self, sink: Sink, spool: Spool, limits: PipelineLimits) -> None:
         self._sink = sink
         self._spool = spool
-        self._redecode = redecode
         self._limits = limits
         self._cond = threading.Condition()
-        self._queues: dict[Signal, deque[_Pending]] = {s: deque() for s in Signal}
-        self._queued_rows: dict[Signal, int] = dict.fromkeys(Signal, 0)
+        self._pending: list[_Pending] = []
+        self._pending_items: dict[Signal, int] = dict.fromkeys(Signal, 0)
         self._recent = _RecentRequests(limits.dedup_window_s, limits.dedup_max_entries)
         self._stopping = False
-        self._degraded = threading.Event()
-        self._stop_replay = threading.Event()
+        self._spooled = threading.Condition()
+        self._draining_until = 0.0
+        self._failing: set[Signal] = set()
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Replay what an earlier run left in the spool, then start the writer threads."""
-        self.replay_spool()
+        """Start the spool writer and the inserters (which first take what an earlier run left)."""
+        threads = [threading.Thread(target=self._spool_loop, name="ingest-spool")]
         for signal in Signal:
-            thread = threading.Thread(
-                target=self._write_loop, args=(signal,), name=f"ingest-writer-{signal.value}"
-            )
+            for n in range(self._limits.writers_per_signal):
+                name = f"ingest-{signal.value}-{n}"
+                threads.append(
+                    threading.Thread(target=self._insert_loop, args=(signal,), name=name)
+                )
+        for thread in threads:
             thread.start()
-            self._threads.append(thread)
-        replayer = threading.Thread(target=self._replay_loop, name="ingest-spool-replay")
-        replayer.start()
-        self._threads.append(replayer)
+        self._threads = threads
 
     def stop(self) -> None:
-        """Flush everything accepted (inserting or spooling it), then stop the threads."""
+        """Stop accepting, spool what was accepted, try to insert the spool within
+        ``drain_timeout_s`` (what remains is inserted at the next start), then stop."""
         with self._cond:
+            if self._stopping:
+                return
             self._stopping = True
             self._cond.notify_all()
-        self._stop_replay.set()
+        with self._spooled:
+            self._draining_until = time.monotonic() + self._limits.drain_timeout_s
+            self._spooled.notify_all()
         for thread in self._threads:
             thread.join()
         self._threads.clear()
 
+    def wait_stored(self, timeout_s: float) -> bool:
+        """Wait until everything acknowledged so far is in ClickHouse; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._cond:
+                waiting = bool(self._pending)
+            if not waiting and self._spool.file_count() == 0:
+                return True
+            time.sleep(0.02)
+        return False
+
+    @property
+    def degraded(self) -> bool:
+        """True while inserts into ClickHouse fail (data waits in the spool)."""
+        return bool(self._failing)
+
     # -- submit ------------------------------------------------------------------------------
 
-    def submit(self, batch: RowBatch, payload: bytes, key: bytes | None = None) -> Future[None]:
-        """Queue rows; the future completes when they are durable (or fails if they cannot be).
+    def submit(
+        self, signal: Signal, payload: bytes, items: int, key: bytes | None = None
+    ) -> Future[None]:
+        """Queue a request; the future completes when it is on disk (or fails if it cannot be).
 
-        ``payload`` is the request as received (protobuf), kept for the spool; ``key`` is a
-        digest of it, used to recognise a retry of a request already stored or in flight.
+        ``payload`` is the export request (protobuf) holding ``items`` storable spans or log
+        records; ``key`` is a digest of it, used to recognise a retry of a request already
+        stored or in flight.
         """
         future: Future[None] = Future()
-        signal = batch.signal
         if key is not None:
             existing = self._recent.get_or_add(key, future)
             if existing is not None:
-                metrics.ITEMS.labels(signal.value, "duplicate").inc(len(batch))
+                metrics.ITEMS.labels(signal.value, "duplicate").inc(items)
                 return existing
-        if not batch.rows:
+        if not items:
             future.set_result(None)
             return future
         try:
-            self._enqueue(_Pending(batch, payload, future, time.monotonic()))
+            self._enqueue(_Pending(signal, payload, items, future))
         except (Overloaded, Unavailable) as exc:
             future.set_exception(exc)  # a retry of this request must not wait on it
             raise
         return future
 
     def _enqueue(self, pending: _Pending) -> None:
-        signal = pending.batch.signal
+        signal = pending.signal
         with self._cond:
             if self._stopping:
                 raise Unavailable("tracehouse is shutting down; retry against another instance")
-            queued = self._queued_rows[signal]
-            if queued + len(pending.batch) > self._limits.queue_max_rows and queued > 0:
+            queued = self._pending_items[signal]
+            if queued and queued + pending.items > self._limits.queue_max_rows:
                 raise Overloaded(
-                    f"{queued} {signal.value} rows are waiting to be written "
+                    f"{queued} {signal.value} items are waiting for the disk "
                     f"(queue_max_rows={self._limits.queue_max_rows}); retry shortly"
                 )
-            self._queues[signal].append(pending)
-            self._queued_rows[signal] = queued + len(pending.batch)
-            metrics.QUEUE_ROWS.labels(signal.value).set(self._queued_rows[signal])
+            room = self._spool.room_bytes()
+            if room < len(pending.payload):
+                raise Overloaded(
+                    f"the spool is full ({self._spool.size_bytes} bytes, waiting for "
+                    "ClickHouse); retry later",
+                    retry_after_s=5,
+                )
+            self._pending.append(pending)
+            self._pending_items[signal] = queued + pending.items
+            metrics.QUEUE_ROWS.labels(signal.value).set(self._pending_items[signal])
             self._cond.notify_all()
 
-    @property
-    def degraded(self) -> bool:
-        """True while ClickHouse inserts fail and batches go to the spool."""
-        return self._degraded.is_set()
+    # -- spool writer ------------------------------------------------------------------------
 
-    # -- writer ------------------------------------------------------------------------------
-
-    def _take(self, signal: Signal) -> list[_Pending] | None:
-        """Block until a batch is due; None when stopping with nothing left."""
-        limits = self._limits
-        with self._cond:
-            while True:
-                queue = self._queues[signal]
-                if queue:
-                    age = time.monotonic() - queue[0].arrived
-                    rows = self._queued_rows[signal]
-                    if (
-                        self._stopping
-                        or rows >= limits.batch_max_rows
-                        or age >= limits.batch_max_wait_s
-                    ):
-                        break
-                    self._cond.wait(limits.batch_max_wait_s - age)
-                elif self._stopping:
-                    return None
-                else:
+    def _spool_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
                     self._cond.wait()
-            taken: list[_Pending] = []
-            rows = 0
-            while queue and (not taken or rows + len(queue[0].batch) <= limits.batch_max_rows):
-                item = queue.popleft()
-                taken.append(item)
-                rows += len(item.batch)
-            self._queued_rows[signal] -= rows
-            metrics.QUEUE_ROWS.labels(signal.value).set(self._queued_rows[signal])
-            return taken
+                if not self._pending and self._stopping:
+                    return
+            time.sleep(self._limits.spool_flush_s)  # let concurrent requests join this write
+            with self._cond:
+                taken, self._pending = self._pending, []
+                for signal in Signal:
+                    self._pending_items[signal] = 0
+                    metrics.QUEUE_ROWS.labels(signal.value).set(0)
+            for signal in Signal:
+                mine = [p for p in taken if p.signal is signal]
+                if mine:
+                    self._write(signal, mine)
 
-    def _write_loop(self, signal: Signal) -> None:
-        while (taken := self._take(signal)) is not None:
-            self._flush(signal, taken)
+    def _write(self, signal: Signal, taken: list[_Pending]) -> None:
+        items = sum(p.items for p in taken)
+        started = time.perf_counter()
+        try:
+            self._spool.write(signal, [p.payload for p in taken], items)
+        except (SpoolFull, OSError) as exc:
+            log.error("could not spool %d %s items: %s", items, signal.value, exc)
+            error = Unavailable(f"could not store the data durably ({exc}); retry later")
+            for pending in taken:
+                pending.future.set_exception(error)
+            return
+        metrics.SPOOL_WRITE_SECONDS.observe(time.perf_counter() - started)
+        metrics.ITEMS.labels(signal.value, "accepted").inc(items)
+        for pending in taken:
+            pending.future.set_result(None)
+        with self._spooled:
+            self._spooled.notify_all()
 
-    def _flush(self, signal: Signal, taken: list[_Pending]) -> None:
-        batch = RowBatch(signal)
-        for item in taken:
-            batch.rows.extend(item.batch.rows)
-        token = uuid.uuid4().hex
-        error: BaseException | None = None
-        if not self._degraded.is_set():
+    # -- inserters ---------------------------------------------------------------------------
+
+    def _insert_loop(self, signal: Signal) -> None:
+        while not self._past_drain_deadline():
+            group = self._spool.claim(signal, self._limits.batch_max_rows)
+            if group is not None:
+                self._insert_until_done(group)
+                continue
+            with self._cond:
+                if self._stopping and not self._pending:
+                    return  # stopped, and everything spooled is inserted
+            with self._spooled:
+                self._spooled.wait(0.5)
+
+    def _past_drain_deadline(self) -> bool:
+        return self._stopping and time.monotonic() > self._draining_until
+
+    def _insert_until_done(self, group: Group) -> None:
+        """Insert ``group`` (retrying outages under the same token) or set refused data aside."""
+        signal = group.signal
+        while True:
             started = time.perf_counter()
             try:
-                self._sink.insert(batch, dedup_token=token)
-            except Exception as exc:
-                error = exc
-                self._degraded.set()
-                log.warning(
-                    "insert of %d %s rows failed, spooling: %s", len(batch), signal.value, exc
-                )
-            else:
-                metrics.FLUSH_SECONDS.labels(signal.value).observe(time.perf_counter() - started)
-                metrics.BATCHES.labels(signal.value, "inserted").inc()
-                metrics.ITEMS.labels(signal.value, "accepted").inc(len(batch))
-                _resolve(taken, None)
+                self._sink.insert(signal, group.paths, dedup_token=group.token)
+            except RefusedData as exc:
+                metrics.BATCHES.labels(signal.value, "refused").inc()
+                if len(group.files) > 1:
+                    for single in self._spool.split(group):
+                        self._insert_until_done(single)
+                else:
+                    self._spool.set_aside(group, str(exc))
                 return
-        try:
-            self._spool.write(signal, [item.payload for item in taken], token=token)
-        except Exception as exc:
-            metrics.BATCHES.labels(signal.value, "failed").inc()
-            log.error("batch of %d %s rows could not be spooled: %s", len(batch), signal.value, exc)
-            cause = f"insert failed ({error}); " if error else ""
-            _resolve(taken, Unavailable(f"{cause}spool unavailable ({exc}); retry later"))
+            except Exception as exc:
+                metrics.BATCHES.labels(signal.value, "failed").inc()
+                self._set_failing(signal, True)
+                log.warning(
+                    "insert of %d %s items failed (%s); retrying in %gs",
+                    group.items,
+                    signal.value,
+                    exc,
+                    self._limits.retry_interval_s,
+                )
+                if self._past_drain_deadline():
+                    return  # stays in the spool, with its manifest, for the next start
+                time.sleep(self._limits.retry_interval_s)
+                continue
+            metrics.FLUSH_SECONDS.labels(signal.value).observe(time.perf_counter() - started)
+            metrics.BATCHES.labels(signal.value, "inserted").inc()
+            self._spool.complete(group)
+            self._set_failing(signal, False)
             return
-        metrics.BATCHES.labels(signal.value, "spooled").inc()
-        metrics.ITEMS.labels(signal.value, "accepted").inc(len(batch))
-        _resolve(taken, None)
 
-    # -- spool replay ------------------------------------------------------------------------
-
-    def replay_spool(self) -> int:
-        """Insert spooled batches, oldest first; stops at the first failure. Returns how many."""
-        done = 0
-        for path in self._spool.pending():
-            try:
-                entry = self._spool.read(path)
-            except SpoolCorrupt:
-                continue
-            except FileNotFoundError:
-                continue
-            if not self._replay_one(entry):
-                return done
-            done += 1
-        self._degraded.clear()
-        return done
-
-    def _replay_one(self, entry: SpoolEntry) -> bool:
-        try:
-            batch = self._redecode(entry.signal, entry.payloads)
-            self._sink.insert(batch, dedup_token=entry.token)
-        except Exception as exc:
-            self._degraded.set()
-            log.info("spool replay of %s still failing: %s", entry.path.name, exc)
-            return False
-        self._spool.remove(entry.path)
-        metrics.REPLAYED.labels(entry.signal.value).inc()
-        log.info("replayed %s (%d %s rows)", entry.path.name, len(batch), entry.signal.value)
-        return True
-
-    def _replay_loop(self) -> None:
-        while not self._stop_replay.wait(self._limits.replay_interval_s):
-            if self._degraded.is_set() or self._spool.size_bytes:
-                self.replay_spool()
-
-
-def _resolve(items: list[_Pending], error: BaseException | None) -> None:
-    for item in items:
-        if error is None:
-            item.future.set_result(None)
+    def _set_failing(self, signal: Signal, failing: bool) -> None:
+        if failing:
+            self._failing.add(signal)
         else:
-            item.future.set_exception(error)
+            self._failing.discard(signal)
+        metrics.DEGRADED.set(1 if self._failing else 0)

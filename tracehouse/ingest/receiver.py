@@ -1,4 +1,4 @@
-"""What both OTLP transports share: parse, decode, submit, and build the export response."""
+"""What both OTLP transports share: parse, validate, submit, and build the export response."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from tracehouse.ingest import metrics
-from tracehouse.ingest.decode import DecodeResult, decode_logs, decode_traces
 from tracehouse.ingest.otlp_json import JsonDecodeError, parse_json
 from tracehouse.ingest.pipeline import IngestPipeline
-from tracehouse.model import RowBatch, Signal
+from tracehouse.ingest.validate import Inspection, inspect_logs, inspect_traces
+from tracehouse.model import Signal
 
 Encoding = Literal["proto", "json"]
 
@@ -38,7 +38,7 @@ class InvalidRequest(ValueError):
 
 @dataclass
 class Submission:
-    """A decoded request on its way to storage: wait on ``future``, then send ``response``."""
+    """A request on its way to storage: wait on ``future``, then send ``response``."""
 
     future: Future[None]
     response: Message
@@ -47,14 +47,14 @@ class Submission:
 
 
 class OtlpReceiver:
-    """Turns OTLP export request bodies into rows and hands them to the pipeline."""
+    """Checks OTLP export request bodies and hands them to the pipeline."""
 
     def __init__(self, pipeline: IngestPipeline, max_value_length: int) -> None:
         self.pipeline = pipeline
         self._max_value_length = max_value_length
 
     def submit(self, signal: Signal, body: bytes, encoding: Encoding) -> Submission:
-        """Decode ``body`` and queue its rows. Raises InvalidRequest, Overloaded, Unavailable."""
+        """Validate ``body`` and queue it. Raises InvalidRequest, Overloaded, Unavailable."""
         request = _REQUESTS[signal]()
         if encoding == "json":
             try:
@@ -70,41 +70,30 @@ class OtlpReceiver:
                     f"body is not a valid OTLP protobuf {signal.value} request: {exc}"
                 ) from exc
             payload = body
-        result = _decode(signal, request, self._max_value_length)
+        if signal is Signal.TRACES:
+            inspection = inspect_traces(request, self._max_value_length)
+        else:
+            inspection = inspect_logs(request, self._max_value_length)
         key = hashlib.blake2b(payload, digest_size=16, person=signal.value.encode()).digest()
-        future = self.pipeline.submit(result.batch, payload, key)
-        if result.rejected:
-            metrics.ITEMS.labels(signal.value, "rejected").inc(result.rejected)
-        if result.truncated_values:
-            metrics.TRUNCATED.labels(signal.value).inc(result.truncated_values)
-        return Submission(future, _response(signal, result), len(result.batch), result.rejected)
+        future = self.pipeline.submit(signal, payload, inspection.accepted, key)
+        if inspection.rejected:
+            metrics.ITEMS.labels(signal.value, "rejected").inc(inspection.rejected)
+        if inspection.truncated_values:
+            metrics.TRUNCATED.labels(signal.value).inc(inspection.truncated_values)
+        return Submission(
+            future, _response(signal, inspection), inspection.accepted, inspection.rejected
+        )
 
 
-def redecode(signal: Signal, payloads: list[bytes], max_value_length: int) -> RowBatch:
-    """Rows of spooled payloads, decoded as on arrival (the pipeline's replay hook)."""
-    batch = RowBatch(signal)
-    for payload in payloads:
-        request = _REQUESTS[signal]()
-        request.ParseFromString(payload)
-        batch.rows.extend(_decode(signal, request, max_value_length).batch.rows)
-    return batch
-
-
-def _decode(signal: Signal, request: Message, max_value_length: int) -> DecodeResult:
-    if signal is Signal.TRACES:
-        return decode_traces(request, max_value_length)  # type: ignore[arg-type]
-    return decode_logs(request, max_value_length)  # type: ignore[arg-type]
-
-
-def _response(signal: Signal, result: DecodeResult) -> Message:
+def _response(signal: Signal, inspection: Inspection) -> Message:
     if signal is Signal.TRACES:
         traces = ExportTraceServiceResponse()
-        if result.rejected:
-            traces.partial_success.rejected_spans = result.rejected
-            traces.partial_success.error_message = result.error_message
+        if inspection.rejected:
+            traces.partial_success.rejected_spans = inspection.rejected
+            traces.partial_success.error_message = inspection.error_message
         return traces
     logs = ExportLogsServiceResponse()
-    if result.rejected:
-        logs.partial_success.rejected_log_records = result.rejected
-        logs.partial_success.error_message = result.error_message
+    if inspection.rejected:
+        logs.partial_success.rejected_log_records = inspection.rejected
+        logs.partial_success.error_message = inspection.error_message
     return logs

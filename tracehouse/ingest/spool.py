@@ -1,22 +1,26 @@
-"""A local write-ahead spool: batches that could not be inserted, kept durable on disk.
+"""The write-ahead spool: every accepted request is on disk before it is acknowledged.
 
-A spool file holds the export requests of one failed batch as they arrived on the wire
-(protobuf), so replay decodes them exactly as the first attempt did. Files are written to a
-temporary name, fsynced, then renamed: a crash leaves either a whole file or none.
+A spool file holds the export requests of one flush, exactly as ClickHouse's ``Protobuf``
+format reads them (each request preceded by its varint length), so the insert reads the file
+itself and Python never touches the data again. Files are written to a temporary name,
+fsynced, renamed, and the directory fsynced: a crash leaves a whole file or none.
 
-File format: ``THSPOOL1``, one byte of signal (``t`` traces, ``l`` logs), then records of
-``u32 length | u32 crc32 | payload``, little-endian.
+File names sort by arrival and carry what the inserter needs:
+``<sequence>-<signal>-<items>.spool``. Files are inserted in *groups* (one ClickHouse insert
+each); a group is fixed in a manifest (``<token>.group``) before its first insert, so that after
+a crash the same files are retried with the same deduplication token and a group that had in
+fact landed adds nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import struct
+import re
 import threading
 import time
 import uuid
-import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,126 +29,243 @@ from tracehouse.model import Signal
 
 log = logging.getLogger(__name__)
 
-_MAGIC = b"THSPOOL1"
-_RECORD = struct.Struct("<II")
-_SIGNAL_BYTE = {Signal.TRACES: b"t", Signal.LOGS: b"l"}
-_BYTE_SIGNAL = {v: k for k, v in _SIGNAL_BYTE.items()}
+_NAME = re.compile(r"^(\d{20})-(traces|logs)-(\d+)\.spool$")
 
 
 class SpoolFull(Exception):
-    """The spool has no room for this batch (``spool_max_bytes``)."""
-
-
-class SpoolCorrupt(Exception):
-    """A spool file cannot be read back; it is set aside as ``*.corrupt``."""
+    """The spool has no room for this data (``spool_max_bytes``)."""
 
 
 @dataclass(frozen=True)
-class SpoolEntry:
+class SpoolFile:
     path: Path
     signal: Signal
-    payloads: list[bytes]
+    items: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Group:
+    """Spool files inserted together under one deduplication token."""
+
+    token: str
+    signal: Signal
+    files: tuple[SpoolFile, ...]
 
     @property
-    def token(self) -> str:
-        """The insert deduplication token of this batch (stable across replays)."""
-        return self.path.stem.partition("-")[2]
+    def items(self) -> int:
+        return sum(f.items for f in self.files)
+
+    @property
+    def paths(self) -> list[Path]:
+        return [f.path for f in self.files]
+
+
+def frame(payloads: Iterable[bytes]) -> bytes:
+    """Requests framed as ClickHouse's ``Protobuf`` format reads them (varint length first)."""
+    out = bytearray()
+    for payload in payloads:
+        size = len(payload)
+        while size >= 0x80:
+            out.append((size & 0x7F) | 0x80)
+            size >>= 7
+        out.append(size)
+        out += payload
+    return bytes(out)
+
+
+def unframe(data: bytes) -> list[bytes]:
+    """The requests of a spool file (the inverse of ``frame``)."""
+    payloads = []
+    offset = 0
+    while offset < len(data):
+        size = shift = 0
+        while True:
+            byte = data[offset]
+            offset += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        payloads.append(data[offset : offset + size])
+        offset += size
+    return payloads
 
 
 class Spool:
-    """Directory of spool files, bounded by ``max_bytes``."""
+    """Directory of spool files and group manifests, bounded by ``max_bytes``."""
 
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self._dir = directory
         self._max = max_bytes
         self._lock = threading.Lock()
+        self._seq = time.time_ns()
         directory.mkdir(parents=True, exist_ok=True)
         for stale in directory.glob("*.tmp"):
             stale.unlink()
-        self._bytes = sum(p.stat().st_size for p in self.pending())
+        self._files: dict[Signal, list[SpoolFile]] = {s: [] for s in Signal}
+        self._claimed: set[Path] = set()
+        self._recovered: list[Group] = []
+        self._bytes = 0
+        for path in sorted(directory.glob("*.spool")):
+            found = self._parse(path)
+            if found is not None:
+                self._files[found.signal].append(found)
+                self._bytes += found.size
+        for manifest in sorted(directory.glob("*.group")):
+            self._recover_group(manifest)
         self._publish()
 
     @property
     def size_bytes(self) -> int:
         return self._bytes
 
-    def pending(self) -> list[Path]:
-        """Spool files, oldest first."""
-        return sorted(self._dir.glob("*.spool"))
+    def room_bytes(self) -> int:
+        return self._max - self._bytes
 
-    def write(self, signal: Signal, payloads: list[bytes], token: str | None = None) -> Path:
-        """Durably store one batch; raises SpoolFull or OSError if it cannot."""
-        size = len(_MAGIC) + 1 + sum(_RECORD.size + len(p) for p in payloads)
+    def file_count(self) -> int:
         with self._lock:
-            if self._bytes + size > self._max:
+            return sum(len(files) for files in self._files.values())
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write(self, signal: Signal, payloads: list[bytes], items: int) -> SpoolFile:
+        """Durably store requests holding ``items`` items; raises SpoolFull or OSError."""
+        data = frame(payloads)
+        with self._lock:
+            if self._bytes + len(data) > self._max:
                 raise SpoolFull(
-                    f"spool holds {self._bytes} bytes; a batch of {size} would pass "
+                    f"spool holds {self._bytes} bytes; {len(data)} more would pass "
                     f"spool_max_bytes={self._max}"
                 )
-            self._bytes += size
-        name = f"{time.time_ns():020d}-{token or uuid.uuid4().hex}"
-        final = self._dir / f"{name}.spool"
-        tmp = self._dir / f"{name}.tmp"
+            self._bytes += len(data)
+            self._seq += 1
+            name = f"{self._seq:020d}-{signal.value}-{items}.spool"
+        final = self._dir / name
+        tmp = self._dir / (name + ".tmp")
         try:
             with open(tmp, "wb") as out:
-                out.write(_MAGIC + _SIGNAL_BYTE[signal])
-                for payload in payloads:
-                    out.write(_RECORD.pack(len(payload), zlib.crc32(payload)))
-                    out.write(payload)
+                out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, final)
             _fsync_dir(self._dir)
         except BaseException:
             with self._lock:
-                self._bytes -= size
+                self._bytes -= len(data)
             tmp.unlink(missing_ok=True)
             raise
+        spooled = SpoolFile(final, signal, items, len(data))
+        with self._lock:
+            self._files[signal].append(spooled)
         self._publish()
-        return final
+        return spooled
 
-    def read(self, path: Path) -> SpoolEntry:
-        data = path.read_bytes()
-        if len(data) < len(_MAGIC) + 1 or not data.startswith(_MAGIC):
-            raise self._corrupt(path, "bad header")
-        signal = _BYTE_SIGNAL.get(data[len(_MAGIC) : len(_MAGIC) + 1])
-        if signal is None:
-            raise self._corrupt(path, "unknown signal")
-        payloads = []
-        offset = len(_MAGIC) + 1
-        while offset < len(data):
-            if offset + _RECORD.size > len(data):
-                raise self._corrupt(path, "truncated record header")
-            length, crc = _RECORD.unpack_from(data, offset)
-            offset += _RECORD.size
-            payload = data[offset : offset + length]
-            if len(payload) != length or zlib.crc32(payload) != crc:
-                raise self._corrupt(path, "checksum mismatch")
-            payloads.append(payload)
-            offset += length
-        return SpoolEntry(path, signal, payloads)
+    # -- groups ------------------------------------------------------------------------------
 
-    def remove(self, path: Path) -> None:
-        size = path.stat().st_size
-        path.unlink()
+    def claim(self, signal: Signal, max_items: int) -> Group | None:
+        """The next group to insert: a recovered one first, else the oldest unclaimed files up
+        to ``max_items`` (at least one file). None when there is nothing to insert."""
+        with self._lock:
+            for group in self._recovered:
+                if group.signal is signal:
+                    self._recovered.remove(group)
+                    return group
+            chosen: list[SpoolFile] = []
+            items = 0
+            for spooled in self._files[signal]:
+                if spooled.path in self._claimed:
+                    continue
+                if chosen and items + spooled.items > max_items:
+                    break
+                chosen.append(spooled)
+                items += spooled.items
+            if not chosen:
+                return None
+            group = Group(uuid.uuid4().hex, signal, tuple(chosen))
+            self._claimed.update(group.paths)
+        manifest = self._dir / f"{group.token}.group"
+        tmp = manifest.with_suffix(".tmp")
+        tmp.write_text(f"{signal.value}\n" + "\n".join(p.name for p in group.paths) + "\n")
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, manifest)
         _fsync_dir(self._dir)
+        return group
+
+    def complete(self, group: Group) -> None:
+        """The group is in ClickHouse: drop its files and manifest."""
+        for spooled in group.files:
+            spooled.path.unlink(missing_ok=True)
+        (self._dir / f"{group.token}.group").unlink(missing_ok=True)
+        _fsync_dir(self._dir)
+        done = set(group.paths)
         with self._lock:
-            self._bytes -= size
+            self._files[group.signal] = [f for f in self._files[group.signal] if f.path not in done]
+            self._claimed -= done
+            self._bytes -= sum(f.size for f in group.files)
         self._publish()
 
-    def _corrupt(self, path: Path, why: str) -> SpoolCorrupt:
-        aside = path.with_suffix(".corrupt")
-        size = path.stat().st_size
-        os.replace(path, aside)
+    def set_aside(self, group: Group, reason: str) -> None:
+        """ClickHouse refuses this data itself (not a connection problem): keep it out of the
+        way as ``*.failed`` for an operator, and go on with the rest."""
+        for spooled in group.files:
+            if spooled.path.exists():
+                os.replace(spooled.path, spooled.path.with_suffix(".failed"))
+        (self._dir / f"{group.token}.group").unlink(missing_ok=True)
+        done = set(group.paths)
         with self._lock:
-            self._bytes -= size
+            self._files[group.signal] = [f for f in self._files[group.signal] if f.path not in done]
+            self._claimed -= done
+            self._bytes -= sum(f.size for f in group.files)
+        metrics.SPOOL_FAILED.labels(group.signal.value).inc(group.items)
+        log.error(
+            "ClickHouse refused %d %s items in %s (%s); files kept as *.failed",
+            group.items,
+            group.signal.value,
+            ", ".join(p.name for p in group.paths),
+            reason,
+        )
         self._publish()
-        log.error("spool file %s is unreadable (%s); moved to %s", path.name, why, aside.name)
-        return SpoolCorrupt(f"{path.name}: {why}")
+
+    def split(self, group: Group) -> list[Group]:
+        """One group per file of ``group`` (to find the file ClickHouse refuses)."""
+        (self._dir / f"{group.token}.group").unlink(missing_ok=True)
+        singles = [Group(uuid.uuid4().hex, group.signal, (f,)) for f in group.files]
+        for single in singles:
+            manifest = self._dir / f"{single.token}.group"
+            manifest.write_text(f"{single.signal.value}\n{single.files[0].path.name}\n")
+        _fsync_dir(self._dir)
+        return singles
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _parse(self, path: Path) -> SpoolFile | None:
+        match = _NAME.match(path.name)
+        if match is None:
+            log.warning("ignoring unexpected file in the spool: %s", path.name)
+            return None
+        self._seq = max(self._seq, int(match.group(1)))
+        return SpoolFile(path, Signal(match.group(2)), int(match.group(3)), path.stat().st_size)
+
+    def _recover_group(self, manifest: Path) -> None:
+        lines = manifest.read_text().split()
+        if not lines:
+            manifest.unlink()
+            return
+        signal = Signal(lines[0])
+        by_name = {f.path.name: f for f in self._files[signal]}
+        files = tuple(by_name[name] for name in lines[1:] if name in by_name)
+        if not files:  # its files were inserted and removed just before a crash
+            manifest.unlink()
+            return
+        group = Group(manifest.stem, signal, files)
+        self._claimed.update(group.paths)
+        self._recovered.append(group)
 
     def _publish(self) -> None:
         metrics.SPOOL_BYTES.set(self._bytes)
-        metrics.SPOOL_FILES.set(len(self.pending()))
+        metrics.SPOOL_FILES.set(sum(len(files) for files in self._files.values()))
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,13 +1,14 @@
-"""Storage: the ClickHouse connection, the schema and its migrations, and batch inserts."""
+"""Storage: the ClickHouse connection, the schema and its migrations, and OTLP batch inserts."""
 
 from tracehouse.storage import conventions
 from tracehouse.storage.client import StorageConfigError, connect
 from tracehouse.storage.schema import Migrator, SchemaOptions, all_statements
-from tracehouse.storage.writer import ClickHouseWriter
+from tracehouse.storage.writer import ClickHouseWriter, RefusedData
 
 __all__ = [
     "ClickHouseWriter",
     "Migrator",
+    "RefusedData",
     "SchemaOptions",
     "StorageConfigError",
     "all_statements",

@@ -1,0 +1,283 @@
+"""SQL that turns OTLP export requests into rows inside ClickHouse: Python moves bytes only.
+
+A batch of export requests (protobuf, as received) is sent in ClickHouse's length-delimited
+``Protobuf`` input format with the schema ``otlp/otlp_flat.proto`` passed inline
+(``format_schema_source='string'``), read as nested ``Array(Tuple(...))`` columns, flattened
+with ``ARRAY JOIN`` and encoded into the Collector's columns by one ``INSERT … SELECT``. The
+encoding of attribute values is the one in docs/attribute-encoding.md; ClickHouse applies it,
+so rows written by the embedded engine and by a server are the same.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from tracehouse.model import COLUMNS, Signal
+
+PROTO_FILE = resources.files("tracehouse.storage").joinpath("otlp/otlp_flat.proto")
+PROTO_TEXT = PROTO_FILE.read_text()
+MESSAGE = {Signal.TRACES: "ExportTraceServiceRequest", Signal.LOGS: "ExportLogsServiceRequest"}
+
+# ---------------------------------------------------------------------------------------------
+# Structure of the request as ClickHouse reads it (names are the .proto field names).
+
+_ONEOF = (
+    "Enum8('none' = 0, 'string_value' = 1, 'bool_value' = 2, 'int_value' = 3, "
+    "'double_value' = 4, 'array_value' = 5, 'kvlist_value' = 6, 'bytes_value' = 7)"
+)
+_SCALARS = "string_value String, bool_value Bool, int_value Int64, double_value Float64"
+
+
+def _any_value_type(depth: int) -> str:
+    if depth == 3:
+        nested = "array_value String, kvlist_value String"
+    else:
+        inner = _any_value_type(depth + 1)
+        nested = (
+            f"array_value Tuple(values Array({inner})), "
+            f"kvlist_value Tuple(values Array(Tuple(key String, value {inner})))"
+        )
+    return f"Tuple(value {_ONEOF}, {_SCALARS}, {nested}, bytes_value String)"
+
+
+_KEY_VALUES = f"Array(Tuple(key String, value {_any_value_type(1)}))"
+_SCOPE = f"Tuple(name String, version String, attributes {_KEY_VALUES})"
+
+_STRUCTURE = {
+    Signal.TRACES: (
+        f"resource_spans Array(Tuple(resource Tuple(attributes {_KEY_VALUES}), "
+        f"scope_spans Array(Tuple(scope {_SCOPE}, spans Array(Tuple("
+        "trace_id String, span_id String, trace_state String, parent_span_id String, "
+        "name String, kind Int32, start_time_unix_nano UInt64, end_time_unix_nano UInt64, "
+        f"attributes {_KEY_VALUES}, dropped_attributes_count UInt32, "
+        f"events Array(Tuple(time_unix_nano UInt64, name String, attributes {_KEY_VALUES})), "
+        "dropped_events_count UInt32, "
+        "links Array(Tuple(trace_id String, span_id String, trace_state String, "
+        f"attributes {_KEY_VALUES})), dropped_links_count UInt32, "
+        "status Tuple(message String, code Int32)))))))"
+    ),
+    Signal.LOGS: (
+        f"resource_logs Array(Tuple(resource Tuple(attributes {_KEY_VALUES}), schema_url String, "
+        f"scope_logs Array(Tuple(scope {_SCOPE}, schema_url String, log_records Array(Tuple("
+        "time_unix_nano UInt64, observed_time_unix_nano UInt64, severity_number Int32, "
+        f"severity_text String, body {_any_value_type(1)}, attributes {_KEY_VALUES}, "
+        "dropped_attributes_count UInt32, flags UInt32, trace_id String, span_id String, "
+        "event_name String))))))"
+    ),
+}
+
+# ---------------------------------------------------------------------------------------------
+# Encoding of AnyValue into text (docs/attribute-encoding.md), as SQL expressions.
+
+
+def _json_value(v: str, depth: int) -> str:
+    """SQL for the JSON text of AnyValue ``v`` inside an array or kvlist."""
+    if depth == 3:
+        raw = (
+            "concat('{\"otlp.protobuf.base64\":', "
+            f"toJSONString(base64Encode({v}.array_value || {v}.kvlist_value)), '}}')"
+        )
+        array_json = kvlist_json = raw
+    else:
+        array_json, kvlist_json = _container_json(v, depth)
+    return (
+        f"multiIf({v}.value = 'string_value', toJSONString({v}.string_value), "
+        f"{v}.value = 'int_value', toString({v}.int_value), "
+        f"{v}.value = 'bool_value', if({v}.bool_value, 'true', 'false'), "
+        f"{v}.value = 'double_value', if(isFinite({v}.double_value), "
+        f"toString({v}.double_value), toJSONString(toString({v}.double_value))), "
+        f"{v}.value = 'bytes_value', toJSONString(base64Encode({v}.bytes_value)), "
+        f"{v}.value = 'array_value', {array_json}, "
+        f"{v}.value = 'kvlist_value', {kvlist_json}, "
+        "'null')"
+    )
+
+
+def _container_json(v: str, depth: int) -> tuple[str, str]:
+    x = f"x{depth}"
+    kv = f"kv{depth}"
+    element = _json_value(x, depth + 1)
+    member = _json_value(f"{kv}.value", depth + 1)
+    array_json = (
+        f"concat('[', arrayStringConcat(arrayMap({x} -> {element}, "
+        f"{v}.array_value.values), ','), ']')"
+    )
+    kvlist_json = (
+        f"concat('{{', arrayStringConcat(arrayMap({kv} -> concat(toJSONString({kv}.key), ':', "
+        f"{member}), {v}.kvlist_value.values), ','), '}}')"
+    )
+    return array_json, kvlist_json
+
+
+def _text(v: str) -> str:
+    """SQL for the stored text of the top-level AnyValue ``v``, cut to the value limit."""
+    array_json, kvlist_json = _container_json(v, 1)
+    encoded = (
+        f"multiIf({v}.value = 'string_value', {v}.string_value, "
+        f"{v}.value = 'int_value', toString({v}.int_value), "
+        f"{v}.value = 'bool_value', if({v}.bool_value, 'true', 'false'), "
+        f"{v}.value = 'double_value', toString({v}.double_value), "
+        f"{v}.value = 'bytes_value', base64Encode({v}.bytes_value), "
+        f"{v}.value = 'array_value', {array_json}, "
+        f"{v}.value = 'kvlist_value', {kvlist_json}, "
+        "'')"
+    )
+    return f"leftUTF8({encoded}, {{max_value_length:UInt32}})"
+
+
+def _attributes(key_values: str) -> str:
+    """SQL for a key-sorted Map(String, String) of an attribute list."""
+    return (
+        f"mapSort(mapFromArrays(arrayMap(a -> a.key, {key_values}), "
+        f"arrayMap(a -> {_text('a.value')}, {key_values})))"
+    )
+
+
+def _hex(value: str) -> str:
+    return f"lower(hex({value}))"
+
+
+def _ns(value: str) -> str:
+    return f"fromUnixTimestamp64Nano(toInt64({value}))"
+
+
+_VALID_SPAN = (
+    "length(span_trace_id) = 16 AND span_trace_id != repeat('\\0', 16) "
+    "AND length(span_span_id) = 8 AND span_span_id != repeat('\\0', 8) "
+    "AND length(span_parent_span_id) IN (0, 8)"
+)
+_VALID_LOG = "length(rec_trace_id) IN (0, 16) AND length(rec_span_id) IN (0, 8)"
+_ZERO_TRACE = "repeat('\\0', 16)"
+_ZERO_SPAN = "repeat('\\0', 8)"
+
+# Each column of the raw tables, as an expression over the flattened request.
+_TRACE_EXPRESSIONS = {
+    "Timestamp": _ns("span_start_time_unix_nano"),
+    "TraceId": _hex("span_trace_id"),
+    "SpanId": _hex("span_span_id"),
+    "ParentSpanId": _hex("span_parent_span_id"),
+    "TraceState": "span_trace_state",
+    "SpanName": "span_name",
+    "SpanKind": "if(span_kind BETWEEN 0 AND 5, ['Unspecified', 'Internal', 'Server', "
+    "'Client', 'Producer', 'Consumer'][span_kind + 1], 'Unspecified')",
+    "ServiceName": "ResourceAttributes['service.name']",
+    "ResourceAttributes": _attributes("rs.resource.attributes"),
+    "ScopeName": "ss.scope.name",
+    "ScopeVersion": "ss.scope.version",
+    "SpanAttributes": _attributes("span_attributes"),
+    "Duration": "if(span_end_time_unix_nano > span_start_time_unix_nano, "
+    "span_end_time_unix_nano - span_start_time_unix_nano, 0)",
+    "StatusCode": "if(span_status.code BETWEEN 0 AND 2, "
+    "['Unset', 'Ok', 'Error'][span_status.code + 1], 'Unset')",
+    "StatusMessage": "span_status.message",
+    "Events.Timestamp": f"arrayMap(t -> {_ns('t')}, span_events.time_unix_nano)",
+    "Events.Name": "span_events.name",
+    "Events.Attributes": f"arrayMap(e -> {_attributes('e')}, span_events.attributes)",
+    "Links.TraceId": f"arrayMap(i -> {_hex('i')}, span_links.trace_id)",
+    "Links.SpanId": f"arrayMap(i -> {_hex('i')}, span_links.span_id)",
+    "Links.TraceState": "span_links.trace_state",
+    "Links.Attributes": f"arrayMap(l -> {_attributes('l')}, span_links.attributes)",
+    "ScopeAttributes": _attributes("ss.scope.attributes"),
+    "DroppedAttributesCount": "span_dropped_attributes_count",
+    "DroppedEventsCount": "span_dropped_events_count",
+    "DroppedLinksCount": "span_dropped_links_count",
+}
+_LOG_EXPRESSIONS = {
+    "Timestamp": _ns("if(rec_time_unix_nano = 0, rec_observed_time_unix_nano, rec_time_unix_nano)"),
+    "TraceId": f"if(rec_trace_id = {_ZERO_TRACE}, '', {_hex('rec_trace_id')})",
+    "SpanId": f"if(rec_span_id = {_ZERO_SPAN}, '', {_hex('rec_span_id')})",
+    "TraceFlags": "bitAnd(rec_flags, 255)",
+    "SeverityText": "rec_severity_text",
+    "SeverityNumber": "if(rec_severity_number BETWEEN 0 AND 255, rec_severity_number, 0)",
+    "ServiceName": "ResourceAttributes['service.name']",
+    "Body": _text("rec_body"),
+    "ResourceSchemaUrl": "rl.schema_url",
+    "ResourceAttributes": _attributes("rl.resource.attributes"),
+    "ScopeSchemaUrl": "sl.schema_url",
+    "ScopeName": "sl.scope.name",
+    "ScopeVersion": "sl.scope.version",
+    "ScopeAttributes": _attributes("sl.scope.attributes"),
+    "LogAttributes": _attributes("rec_attributes"),
+    "EventName": "rec_event_name",
+    "DroppedAttributesCount": "rec_dropped_attributes_count",
+}
+assert tuple(_TRACE_EXPRESSIONS) == COLUMNS[Signal.TRACES]
+assert tuple(_LOG_EXPRESSIONS) == COLUMNS[Signal.LOGS]
+
+# Fields of the innermost items, ARRAY JOINed side by side as plain columns (much cheaper in
+# ClickHouse than joining the item tuple and taking its elements).
+_SPAN_FIELDS = (
+    "trace_id", "span_id", "parent_span_id", "trace_state", "name", "kind",
+    "start_time_unix_nano", "end_time_unix_nano", "attributes", "dropped_attributes_count",
+    "events", "dropped_events_count", "links", "dropped_links_count", "status",
+)  # fmt: skip
+_RECORD_FIELDS = (
+    "time_unix_nano", "observed_time_unix_nano", "severity_number", "severity_text", "body",
+    "attributes", "dropped_attributes_count", "flags", "trace_id", "span_id", "event_name",
+)  # fmt: skip
+
+_FROM = {
+    Signal.TRACES: (
+        "ARRAY JOIN resource_spans AS rs\n"
+        "ARRAY JOIN rs.scope_spans AS ss\n"
+        "ARRAY JOIN " + ", ".join(f"ss.spans.{f} AS span_{f}" for f in _SPAN_FIELDS) + "\n"
+        f"WHERE {_VALID_SPAN}"
+    ),
+    Signal.LOGS: (
+        "ARRAY JOIN resource_logs AS rl\n"
+        "ARRAY JOIN rl.scope_logs AS sl\n"
+        "ARRAY JOIN " + ", ".join(f"sl.log_records.{f} AS rec_{f}" for f in _RECORD_FIELDS) + "\n"
+        f"WHERE {_VALID_LOG}"
+    ),
+}
+_EXPRESSIONS = {Signal.TRACES: _TRACE_EXPRESSIONS, Signal.LOGS: _LOG_EXPRESSIONS}
+
+
+def select_statement(signal: Signal, source: str) -> str:
+    """``SELECT`` of the raw table's columns (aliased by name) from requests in ``source``."""
+    columns = ",\n    ".join(f"{expr} AS `{name}`" for name, expr in _EXPRESSIONS[signal].items())
+    return f"SELECT\n    {columns}\nFROM {source}\n{_FROM[signal]}"
+
+
+def insert_statement(signal: Signal, source: str) -> str:
+    """The ``INSERT … SELECT`` for one signal, reading the requests from ``source``."""
+    columns = ", ".join(f"`{c}`" for c in COLUMNS[signal])
+    return f"INSERT INTO {signal.table} ({columns})\n{select_statement(signal, source)}"
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def settings_clause(signal: Signal, schema_file: str | None, dedup_token: str | None) -> str:
+    """SETTINGS of the insert: the inline schema (or ``schema_file`` on the embedded engine,
+    which would otherwise cache inline schemas in its working directory) and the dedup token."""
+    if schema_file:
+        schema = {"format_schema": _sql_string(f"{schema_file}:{MESSAGE[signal]}")}
+    else:
+        schema = {
+            "format_schema_source": _sql_string("string"),
+            "format_schema": _sql_string(PROTO_TEXT),
+            "format_schema_message_name": _sql_string(MESSAGE[signal]),
+        }
+    settings = {
+        **schema,
+        "input_format_protobuf_oneof_presence": "1",
+        "output_format_json_escape_forward_slashes": "0",
+        # JIT-compiling these large expressions costs a core for seconds and gains nothing:
+        # each insert evaluates them once over a whole batch.
+        "compile_expressions": "0",
+    }
+    if dedup_token:
+        settings["insert_deduplicate"] = "1"
+        settings["insert_deduplication_token"] = _sql_string(dedup_token)
+    return "SETTINGS " + ", ".join(f"{k} = {v}" for k, v in settings.items())
+
+
+def structure(signal: Signal) -> str:
+    """The request's structure as a quoted SQL string, for ``input()`` and ``file()``."""
+    return _sql_string(_STRUCTURE[signal])
+
+
+def sql_string(text: str) -> str:
+    return _sql_string(text)
