@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=64 * MiB, gt=0)
     max_attribute_value_length: int = Field(default=128 * 1024, gt=0, description="characters")
 
-    batch_max_rows: int = Field(default=100_000, gt=0, description="items per insert")
+    batch_max_rows: int = Field(default=50_000, gt=0, description="items per insert")
     queue_max_rows: int = Field(default=500_000, gt=0, description="items waiting for the disk")
     ingest_writers: int = Field(default=2, ge=1, le=16, description="concurrent inserts per signal")
     request_timeout_s: float = Field(default=30.0, gt=0)
