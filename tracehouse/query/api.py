@@ -1,0 +1,19 @@
+"""The read API under ``/api/v1``: one router per area, each reading ClickHouse."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter
+
+# Each area module exposes ``router(client) -> APIRouter`` (paths relative to /api/v1).
+_AREAS: list[Callable[[Any], APIRouter]] = []
+
+
+def read_router(client: Any) -> APIRouter:
+    """All read endpoints, bound to a ClickHouse client."""
+    api = APIRouter(prefix="/api/v1")
+    for area in _AREAS:
+        api.include_router(area(client))
+    return api
