@@ -158,3 +158,14 @@ def test_busy_port_is_reported(tmp_path: Path) -> None:
         )
     assert result.returncode == 1
     assert f"127.0.0.1:{port}" in result.stderr
+
+
+def test_unusable_clickhouse_url_is_reported(tmp_path: Path) -> None:
+    result = subprocess.run(
+        _tracehouse("serve", "--data-dir", str(tmp_path), "--clickhouse-url", "ftp://nowhere"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert "chdb:///abs/dir" in result.stderr

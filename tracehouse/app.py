@@ -69,6 +69,7 @@ class Tracehouse:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
         self.client = storage.connect(s.resolved_clickhouse_url, s.cluster)
+        storage.require_version(self.client)
         if s.auto_migrate:
             applied = storage.Migrator(self.client, self.schema_options()).migrate()
             if applied:

@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tracehouse.config import Settings, load_settings
+from tracehouse.storage import StorageConfigError
 
 
 class _JsonFormatter(logging.Formatter):
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"tracehouse: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, StorageConfigError) as exc:
         print(f"tracehouse: {exc}", file=sys.stderr)
         return 1
 

@@ -1,7 +1,7 @@
 """Storage: the ClickHouse connection, the schema and its migrations, and OTLP batch inserts."""
 
 from tracehouse.storage import conventions
-from tracehouse.storage.client import StorageConfigError, connect
+from tracehouse.storage.client import StorageConfigError, connect, require_version
 from tracehouse.storage.schema import Migrator, SchemaOptions, all_statements
 from tracehouse.storage.writer import ClickHouseWriter, RefusedData
 
@@ -13,5 +13,6 @@ __all__ = [
     "StorageConfigError",
     "all_statements",
     "connect",
+    "require_version",
     "conventions",
 ]

@@ -15,6 +15,9 @@ from urllib.parse import urlsplit, urlunsplit
 import clickhouse_connect
 
 _embedded_lock = threading.Lock()
+# Inline Protobuf schemas (format_schema_source) and oneof presence, which the OTLP insert
+# relies on (storage/otlp_sql.py), arrived in ClickHouse 25.x; 25.8 is the LTS that has both.
+MIN_SERVER_VERSION = (25, 8)
 
 
 class StorageConfigError(ValueError):
@@ -46,3 +49,16 @@ def connect(url: str, cluster: str | None = None) -> Any:
         admin.command(f"CREATE DATABASE IF NOT EXISTS `{database}`{on_cluster}")
         admin.close()
     return clickhouse_connect.get_client(dsn=url)
+
+
+def require_version(client: Any) -> str:
+    """The server's version; raises StorageConfigError when it is older than we need."""
+    version = str(client.command("SELECT version()"))
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts < MIN_SERVER_VERSION:
+        wanted = ".".join(map(str, MIN_SERVER_VERSION))
+        raise StorageConfigError(
+            f"ClickHouse {version} is too old: tracehouse needs {wanted} or newer "
+            "(inline Protobuf schemas for OTLP inserts)"
+        )
+    return version
