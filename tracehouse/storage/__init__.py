@@ -13,6 +13,6 @@ __all__ = [
     "StorageConfigError",
     "all_statements",
     "connect",
-    "require_version",
     "conventions",
+    "require_version",
 ]
