@@ -25,11 +25,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_ERROR, SEVERITY_NUMBER_INFO
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+@dataclass(frozen=True)
+class _Target:
+    """Where one signal goes: gRPC method, HTTP path, table."""
+
+    grpc_method: str
+    http_path: str
+    table: str
+
+
+_TARGETS = {
+    "traces": _Target(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export", "/v1/traces", "otel_traces"
+    ),
+    "logs": _Target(
+        "/opentelemetry.proto.collector.logs.v1.LogsService/Export", "/v1/logs", "otel_logs"
+    ),
+}
 
 
 @dataclass
@@ -82,6 +101,38 @@ def build_requests(total: int, batch: int, attributes: int, seed: int = 7) -> li
                 else:
                     value = AnyValue(string_value=f"value-{rng.randint(0, 1000)}")
                 span.attributes.append(KeyValue(key=f"bench.attr.{a}", value=value))
+        requests.append(request.SerializeToString())
+        sent += n
+    return requests
+
+
+def build_log_requests(total: int, batch: int, attributes: int, seed: int = 7) -> list[bytes]:
+    """Serialised log export requests of ``batch`` records, most inside a trace."""
+    rng = random.Random(seed)
+    requests = []
+    sent = 0
+    while sent < total:
+        n = min(batch, total - sent)
+        request = ExportLogsServiceRequest()
+        rl = request.resource_logs.add()
+        rl.resource.attributes.append(
+            KeyValue(key="service.name", value=AnyValue(string_value=f"bench-svc-{sent % 8}"))
+        )
+        sl = rl.scope_logs.add()
+        sl.scope.name = "bench"
+        now = time.time_ns()
+        for i in range(n):
+            record = sl.log_records.add()
+            record.time_unix_nano = now + i * 1000
+            record.severity_number = SEVERITY_NUMBER_INFO if i % 10 else SEVERITY_NUMBER_ERROR
+            record.severity_text = "INFO" if i % 10 else "ERROR"
+            record.body.string_value = f"request {rng.randint(0, 10**9)} handled in {i % 97} ms"
+            if i % 5:
+                record.trace_id = rng.randbytes(16)
+                record.span_id = rng.randbytes(8)
+            for a in range(attributes):
+                value = AnyValue(string_value=f"value-{rng.randint(0, 1000)}")
+                record.attributes.append(KeyValue(key=f"bench.attr.{a}", value=value))
         requests.append(request.SerializeToString())
         sent += n
     return requests
@@ -178,24 +229,24 @@ class _Server:
         return self._peak
 
 
-def _send_grpc(port: int, requests: list[bytes], concurrency: int) -> None:
+def _send_grpc(port: int, requests: list[bytes], concurrency: int, method: str) -> None:
     import grpc
 
     channel = grpc.insecure_channel(
         f"127.0.0.1:{port}", options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
     )
-    export = channel.unary_unary(_EXPORT, request_serializer=None, response_deserializer=None)
+    export = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
     _run_clients(requests, concurrency, lambda body: export(body, timeout=120))
     channel.close()
 
 
-def _send_http(port: int, requests: list[bytes], concurrency: int) -> None:
+def _send_http(port: int, requests: list[bytes], concurrency: int, path: str) -> None:
     local = threading.local()
 
     def post(body: bytes) -> None:
         if not hasattr(local, "conn"):
             local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        local.conn.request("POST", "/v1/traces", body, {"Content-Type": "application/x-protobuf"})
+        local.conn.request("POST", path, body, {"Content-Type": "application/x-protobuf"})
         response = local.conn.getresponse()
         response.read()
         if response.status != 200:
@@ -234,54 +285,59 @@ def _run_clients(requests: list[bytes], concurrency: int, send: Callable[[bytes]
         raise RuntimeError(f"{len(errors)} requests failed; first: {errors[0]}")
 
 
-def _count_stored(data_dir: Path) -> int:
+def _count_stored(data_dir: Path, table: str) -> int:
     import clickhouse_connect
 
     client = clickhouse_connect.get_client(dsn=f"chdb://{(data_dir / 'clickhouse').resolve()}")
-    count = int(client.query("SELECT count() FROM otel_traces").result_rows[0][0])
+    count = int(client.query(f"SELECT count() FROM {table}").result_rows[0][0])
     client.close()
     return count
 
 
 def bench_transport(
-    transport: str, requests: list[bytes], spans: int, concurrency: int
+    transport: str, requests: list[bytes], spans: int, concurrency: int, signal: str = "traces"
 ) -> BenchResult:
     """Run one end-to-end measurement against a fresh server; run in a child process."""
     with tempfile.TemporaryDirectory(prefix="tracehouse-bench-") as tmp:
         server = _Server(Path(tmp))
         cpu_before = server.cpu_seconds()
         started = time.perf_counter()
+        target = _TARGETS[signal]
         if transport == "grpc":
-            _send_grpc(server.grpc_port, requests, concurrency)
+            _send_grpc(server.grpc_port, requests, concurrency, target.grpc_method)
         else:
-            _send_http(server.http_port, requests, concurrency)
+            _send_http(server.http_port, requests, concurrency, target.http_path)
         acked = time.perf_counter() - started
         server.wait_inserted()
         elapsed = time.perf_counter() - started
         cpu = server.cpu_seconds() - cpu_before
         peak = server.stop()
-        stored = _count_stored(Path(tmp))
+        stored = _count_stored(Path(tmp), target.table)
     return BenchResult(transport, spans, elapsed, acked, cpu, peak, stored)
 
 
 def run_ingest_bench(args: argparse.Namespace) -> int:
     transports = ["grpc", "http"] if args.transport == "both" else [args.transport]
+    unit = "spans" if args.signal == "traces" else "log records"
     print(
-        f"building {args.spans:,} spans in requests of {args.batch} spans, "
+        f"building {args.spans:,} {unit} in requests of {args.batch}, "
         f"{args.attributes} attributes each …",
         flush=True,
     )
-    requests = build_requests(args.spans, args.batch, args.attributes)
+    build = build_requests if args.signal == "traces" else build_log_requests
+    requests = build(args.spans, args.batch, args.attributes)
     size = sum(len(r) for r in requests)
     print(f"{len(requests):,} requests, {size / 1e6:,.1f} MB of protobuf", flush=True)
     results = []
     for transport in transports:
         print(f"sending over {transport} with {args.concurrency} requests in flight …", flush=True)
-        results.append(bench_transport(transport, requests, args.spans, args.concurrency))
+        results.append(
+            bench_transport(transport, requests, args.spans, args.concurrency, args.signal)
+        )
     print()
-    print("spans/s: sent, acknowledged and inserted into ClickHouse, over the whole run")
+    print(f"items/s: {unit} sent, acknowledged and inserted into ClickHouse, over the whole run")
     print("acked/s: rate of acknowledgements (data on disk in the write-ahead spool)\n")
-    header = ("transport", "spans/s", "acked/s", "seconds", "CPU s/100k", "peak RSS", "stored")
+    header = ("transport", "items/s", "acked/s", "seconds", "CPU s/100k", "peak RSS", "stored")
     print("{:<10}{:>10}{:>10}{:>9}{:>12}{:>11}{:>11}".format(*header))
     ok = True
     for r in results:
@@ -293,6 +349,6 @@ def run_ingest_bench(args: argparse.Namespace) -> int:
         )
         if r.stored != r.spans:
             ok = False
-            print(f"  LOST DATA: sent {r.spans:,} spans, stored {r.stored:,}")
+            print(f"  LOST DATA: sent {r.spans:,} {unit}, stored {r.stored:,}")
     print(f"\nmachine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB")
     return 0 if ok else 1

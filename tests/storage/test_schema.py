@@ -45,7 +45,15 @@ TABLES = {
     "otel_logs": "TimestampTime",
 }
 MV = "otel_traces_trace_id_ts_mv"
-MIGRATION_NAMES = ["0001_otel_traces", "0002_otel_traces_trace_id_ts", "0003_otel_logs"]
+# The minute rollups of otel_traces (migration 0004), each fed by its view; TTL from Minute.
+ROLLUPS = {"otel_red_1m": "Minute", "otel_db_1m": "Minute"}
+ROLLUP_VIEWS = {"otel_red_1m": "otel_red_1m_mv", "otel_db_1m": "otel_db_1m_mv"}
+MIGRATION_NAMES = [
+    "0001_otel_traces",
+    "0002_otel_traces_trace_id_ts",
+    "0003_otel_logs",
+    "0004_rollups",
+]
 CLUSTER = "tracehouse"
 
 NewDatabase = Callable[[], Any]
@@ -127,9 +135,10 @@ def _created_name(sql: str) -> str:
 
 def _creatable_without_a_cluster(sql: str, cluster: str) -> str:
     """A cluster statement made runnable in chDB (no Keeper, no clusters), columns untouched:
-    no ON CLUSTER, MergeTree for ReplicatedMergeTree, Null for the Distributed engine."""
+    no ON CLUSTER, (Aggregating)MergeTree for Replicated(Aggregating)MergeTree, Null for the
+    Distributed engine."""
     out = sql.replace(f" ON CLUSTER `{cluster}`", "")
-    out = re.sub(r"ReplicatedMergeTree\('[^']*', '[^']*'\)", "MergeTree", out)
+    out = re.sub(r"Replicated(\w*MergeTree)\('[^']*', '[^']*'\)", r"\1", out)
     out = re.sub(r"ENGINE = Distributed\(.*\Z", "ENGINE = Null", out, flags=re.S)
     assert "CLUSTER" not in out and "Replicated" not in out and "Distributed" not in out, out
     return out
@@ -259,7 +268,7 @@ def test_shipped_migrations_are_numbered_in_order() -> None:
 
 def test_migrate_creates_the_schema_on_an_empty_database(db: Any) -> None:
     migrator = Migrator(db, SchemaOptions())
-    assert [m.version for m in migrator.pending()] == [1, 2, 3]
+    assert [m.version for m in migrator.pending()] == [1, 2, 3, 4]
 
     assert migrator.migrate() == MIGRATION_NAMES
 
@@ -268,6 +277,10 @@ def test_migrate_creates_the_schema_on_an_empty_database(db: Any) -> None:
         "otel_traces_trace_id_ts": "MergeTree",
         MV: "MaterializedView",
         "otel_logs": "MergeTree",
+        "otel_red_1m": "AggregatingMergeTree",
+        "otel_red_1m_mv": "MaterializedView",
+        "otel_db_1m": "AggregatingMergeTree",
+        "otel_db_1m_mv": "MaterializedView",
         MIGRATIONS_TABLE: "MergeTree",
     }
     recorded = db.query(
@@ -300,10 +313,10 @@ def test_a_migration_cut_off_half_way_is_applied_again(db: Any) -> None:
     # Migration 0001's table was created, then the process died before it was recorded.
     db.command(migrations_table_ddl(options))
     db.command(render(load_migrations()[0], options)[0])
-    assert [m.version for m in Migrator(db, options).pending()] == [1, 2, 3]
+    assert [m.version for m in Migrator(db, options).pending()] == [1, 2, 3, 4]
 
     assert Migrator(db, options).migrate() == MIGRATION_NAMES
-    assert set(_tables(db)) == {*TABLES, MV, MIGRATIONS_TABLE}
+    assert set(_tables(db)) == {*TABLES, MV, *ROLLUPS, *ROLLUP_VIEWS.values(), MIGRATIONS_TABLE}
     assert Migrator(db, options).pending() == []
 
 
@@ -424,11 +437,17 @@ def test_every_cluster_statement_parses_and_runs_on_the_cluster(client: Any, clu
         MV,
         "otel_logs_local",
         "otel_logs",
+        "otel_red_1m_local",
+        "otel_red_1m",
+        "otel_red_1m_mv",
+        "otel_db_1m_local",
+        "otel_db_1m",
+        "otel_db_1m_mv",
     ]
     on_cluster = re.compile(rf"\bON CLUSTER `?{re.escape(cluster)}`?\s")
     assert [name for name, sql in formatted.items() if not on_cluster.search(sql)] == []
     # Distributed tables name the same cluster.
-    for table in TABLES:
+    for table in [*TABLES, *ROLLUPS]:
         assert re.search(rf"ENGINE = Distributed\(`?{re.escape(cluster)}`?,", formatted[table])
 
 
@@ -444,12 +463,24 @@ def test_cluster_tables_holding_rows_are_replicated(cluster_ddl: dict[str, str],
         assert "{shard}" in cluster_ddl[local]
 
 
+@pytest.mark.parametrize("table", list(ROLLUPS))
+def test_cluster_rollups_are_replicated_aggregating_tables(cluster_ddl: dict[str, str], table):
+    local = f"{table}_local"
+    path = rf"'/clickhouse/tables/\{{shard\}}/[^']*\b{local}'"
+    assert re.search(
+        rf"ENGINE = ReplicatedAggregatingMergeTree\({path}, '\{{replica\}}'\)", cluster_ddl[local]
+    ), cluster_ddl[local]
+
+
 @pytest.mark.parametrize(
     ("table", "sharding_key"),
     [
         ("otel_traces", "cityHash64(TraceId)"),
         ("otel_traces_trace_id_ts", "cityHash64(TraceId)"),
         ("otel_logs", "if(TraceId = '', rand(), cityHash64(TraceId))"),
+        # Only the views write the rollups (into the local tables); any shard will do.
+        ("otel_red_1m", "rand()"),
+        ("otel_db_1m", "rand()"),
     ],
 )
 def test_cluster_front_tables_are_distributed_over_the_local_tables(
@@ -481,6 +512,18 @@ def test_cluster_view_reads_local_spans_into_the_local_lookup_table(cluster_ddl:
     assert not re.search(r"\b(FROM otel_traces|TO otel_traces_trace_id_ts)\b(?!_local)", sql)
 
 
+@pytest.mark.parametrize(("rollup", "view"), list(ROLLUP_VIEWS.items()))
+def test_cluster_rollup_views_read_local_spans_into_the_local_rollups(
+    cluster_ddl: dict[str, str], rollup: str, view: str
+) -> None:
+    """Each shard rolls up its own spans; readers merge the shards' states through the
+    Distributed table."""
+    sql = cluster_ddl[view]
+    assert re.search(rf"\bTO {rollup}_local\b", sql), sql
+    assert re.search(r"\bFROM otel_traces_local\b", sql), sql
+    assert not re.search(rf"\b(FROM otel_traces|TO {rollup})\b(?!_local)", sql)
+
+
 def test_single_node_statements_parse_and_have_no_cluster_parts(client: Any) -> None:
     formatted = {_created_name(s): _format(client, s) for s in all_statements(SchemaOptions())}
     assert list(formatted) == [
@@ -489,6 +532,10 @@ def test_single_node_statements_parse_and_have_no_cluster_parts(client: Any) -> 
         "otel_traces_trace_id_ts",
         MV,
         "otel_logs",
+        "otel_red_1m",
+        "otel_red_1m_mv",
+        "otel_db_1m",
+        "otel_db_1m_mv",
     ]
     for name, sql in formatted.items():
         assert "ON CLUSTER" not in sql, name
@@ -517,7 +564,7 @@ def single_and_cluster(engine_url: str) -> Iterator[tuple[Any, Any]]:
         _drop_database(clustered, clustered_name)
 
 
-@pytest.mark.parametrize("table", list(TABLES))
+@pytest.mark.parametrize("table", [*TABLES, *ROLLUPS])
 def test_single_node_and_cluster_tables_have_the_same_columns(
     single_and_cluster: tuple[Any, Any], table: str
 ) -> None:
@@ -545,8 +592,10 @@ def _retention(traces: int, logs: int) -> SchemaOptions:
 
 
 def _expected_ttl(traces: int, logs: int) -> dict[str, tuple[str, int] | None]:
-    days = {"otel_traces": traces, "otel_traces_trace_id_ts": traces, "otel_logs": logs}
-    return {t: (TABLES[t], days[t]) if days[t] else None for t in TABLES}
+    """Rollups follow the traces retention."""
+    expiring = {**TABLES, **ROLLUPS}
+    days = {t: logs if t == "otel_logs" else traces for t in expiring}
+    return {t: (expiring[t], days[t]) if days[t] else None for t in expiring}
 
 
 @pytest.mark.parametrize(
@@ -560,7 +609,7 @@ def _expected_ttl(traces: int, logs: int) -> dict[str, tuple[str, int] | None]:
 def test_retention_follows_the_settings_and_keeps_rows(db: Any, steps: list[tuple[int, int]]):
     first, *changes = steps
     assert Migrator(db, _retention(*first)).migrate() == MIGRATION_NAMES
-    assert {t: _ttl(db, t) for t in TABLES} == _expected_ttl(*first)
+    assert {t: _ttl(db, t) for t in [*TABLES, *ROLLUPS]} == _expected_ttl(*first)
 
     trace_id = uuid.uuid4().hex
     _insert_as_collector(db, "otel_traces", _collector_span(trace_id))
@@ -569,7 +618,7 @@ def test_retention_follows_the_settings_and_keeps_rows(db: Any, steps: list[tupl
 
     for traces, logs in changes:
         assert Migrator(db, _retention(traces, logs)).migrate() == []
-        assert {t: _ttl(db, t) for t in TABLES} == _expected_ttl(traces, logs)
+        assert {t: _ttl(db, t) for t in [*TABLES, *ROLLUPS]} == _expected_ttl(traces, logs)
         assert {t: _count(db, t, trace_id) for t in TABLES} == dict.fromkeys(TABLES, 1)
 
 

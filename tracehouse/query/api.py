@@ -7,8 +7,15 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from tracehouse.query import logs, services, sql, traces
+
 # Each area module exposes ``router(client) -> APIRouter`` (paths relative to /api/v1).
-_AREAS: list[Callable[[Any], APIRouter]] = []
+_AREAS: tuple[Callable[[Any], APIRouter], ...] = (
+    traces.router,
+    logs.router,
+    services.router,
+    sql.router,
+)
 
 
 def read_router(client: Any) -> APIRouter:

@@ -24,11 +24,19 @@ class TimeRange:
 
     @property
     def start_ns(self) -> int:
-        return int(self.start.timestamp() * 1_000_000_000)
+        return _unix_ns(self.start)
 
     @property
     def end_ns(self) -> int:
-        return int(self.end.timestamp() * 1_000_000_000)
+        return _unix_ns(self.end)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _unix_ns(moment: dt.datetime) -> int:
+    """Exact nanoseconds since the epoch (no float rounding)."""
+    return (moment - _EPOCH) // dt.timedelta(microseconds=1) * 1000
 
 
 def invalid(parameter: str, message: str) -> HTTPException:

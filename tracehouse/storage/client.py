@@ -44,11 +44,13 @@ def connect(url: str, cluster: str | None = None) -> Any:
     database = parts.path.strip("/")
     if database:
         bare = urlunsplit((parts.scheme, parts.netloc, "", parts.query, ""))
-        admin = clickhouse_connect.get_client(dsn=bare)
+        admin = clickhouse_connect.get_client(dsn=bare, autogenerate_session_id=False)
         on_cluster = f" ON CLUSTER `{cluster}`" if cluster else ""
         admin.command(f"CREATE DATABASE IF NOT EXISTS `{database}`{on_cluster}")
         admin.close()
-    return clickhouse_connect.get_client(dsn=url)
+    # No session: a ClickHouse server refuses concurrent queries within one session, and the
+    # API answers requests concurrently through one client.
+    return clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
 
 
 def require_version(client: Any) -> str:

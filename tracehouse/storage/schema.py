@@ -20,11 +20,19 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_TABLE = "tracehouse_schema_migrations"
 _CLUSTER_ONLY = "-- cluster-only"
-# Tables whose rows expire, with the expression their TTL is measured from.
+# The tables migrations create (each gets ${name}, ${engine_name} and ${ttl_name}), with the
+# expression their TTL is measured from; all but otel_logs follow the traces retention.
 _TTL_COLUMNS = {
     "otel_traces": "toDateTime(Timestamp)",
     "otel_traces_trace_id_ts": "Start",
     "otel_logs": "TimestampTime",
+    "otel_red_1m": "Minute",
+    "otel_db_1m": "Minute",
+}
+# Engine family of the tables that are not plain MergeTree (Replicated… in cluster mode).
+_ENGINES = {
+    "otel_red_1m": "AggregatingMergeTree",
+    "otel_db_1m": "AggregatingMergeTree",
 }
 _TTL_DAYS = re.compile(r"TTL .*?toIntervalDay\((\d+)\)")
 
@@ -59,10 +67,11 @@ class SchemaOptions:
         return f"ON CLUSTER {quote_identifier(self.cluster)}" if self.cluster else ""
 
     def engine(self, table: str) -> str:
+        family = _ENGINES.get(table, "MergeTree")
         if not self.cluster:
-            return "MergeTree"
+            return family
         path = f"/clickhouse/tables/{{shard}}/{{database}}/{table}_local"
-        return f"ReplicatedMergeTree('{path}', '{{replica}}')"
+        return f"Replicated{family}('{path}', '{{replica}}')"
 
     def ttl(self, table: str) -> str:
         days = self.retention_days(table)

@@ -1,0 +1,90 @@
+"""What the readers of the minute rollups (``otel_red_1m``, ``otel_db_1m``) share: the minutes
+a time range covers, span kinds, and turning nanosecond aggregates into milliseconds.
+
+Rollup rows are whole minutes, so a range reads every minute it overlaps: from ``start``
+rounded down to ``end`` rounded up. Rates are per second of that window, and the current
+minute counts only up to now (it has not happened yet beyond that).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tracehouse.query.params import TimeRange, invalid
+
+_MINUTE = 60
+_NS_PER_MS = 1_000_000
+
+KINDS = ("server", "client", "producer", "consumer", "internal", "unspecified")
+# Spans that are requests a service handles: what a service's calls and latency count.
+ENTRY_KINDS = ("server", "consumer")
+KIND_DESCRIPTION = (
+    "span kind: server, client, producer, consumer, internal, unspecified; "
+    "`entry` = server and consumer; `all` = every kind"
+)
+
+
+@dataclass(frozen=True)
+class MinuteWindow:
+    """The whole minutes a time range overlaps, and the seconds rates are computed over."""
+
+    start: dt.datetime
+    end: dt.datetime
+    seconds: float
+
+    def parameters(self) -> dict[str, int]:
+        """``{start:Int64}`` and ``{end:Int64}``: epoch seconds of the first minute and of the
+        minute after the last one (``Minute >= start AND Minute < end``)."""
+        return {"start": int(self.start.timestamp()), "end": int(self.end.timestamp())}
+
+
+def minute_window(time_range: TimeRange, now: dt.datetime | None = None) -> MinuteWindow:
+    start_s = math.floor(time_range.start.timestamp() / _MINUTE) * _MINUTE
+    end_s = math.ceil(time_range.end.timestamp() / _MINUTE) * _MINUTE
+    now_s = (now or dt.datetime.now(dt.UTC)).timestamp()
+    covered = min(end_s, now_s) - start_s
+    if covered <= 0:  # a window entirely in the future: nothing to count, keep rates finite
+        covered = end_s - start_s
+    return MinuteWindow(
+        start=dt.datetime.fromtimestamp(start_s, dt.UTC),
+        end=dt.datetime.fromtimestamp(end_s, dt.UTC),
+        seconds=float(covered),
+    )
+
+
+def kinds(parameter: str, value: str | None, default: str) -> list[str]:
+    """The span kinds a ``kind`` parameter selects; accepts ``SPAN_KIND_SERVER`` and
+    ``Server`` spellings too. 422 naming ``parameter`` for anything else."""
+    text = (value if value is not None else default).strip().lower().removeprefix("span_kind_")
+    if text == "all":
+        return list(KINDS)
+    if text == "entry":
+        return list(ENTRY_KINDS)
+    if text in KINDS:
+        return [text]
+    raise invalid(
+        parameter,
+        f"{value!r} is not a span kind: use one of {', '.join(KINDS)}, entry or all",
+    )
+
+
+def ms(ns: Any) -> float | None:
+    """Nanoseconds as milliseconds (3 decimals); None for what an empty aggregate yields."""
+    value = float(ns)
+    if math.isnan(value) or math.isinf(value):
+        return None
+    return round(value / _NS_PER_MS, 3)
+
+
+def quantiles_ms(quantiles: Sequence[Any]) -> tuple[float | None, float | None, float | None]:
+    """p50, p95 and p99 in ms from ``quantilesTDigestMerge(0.5, 0.95, 0.99)``."""
+    p50, p95, p99 = (ms(q) for q in quantiles)
+    return p50, p95, p99
+
+
+def rate(count: int, total: int) -> float:
+    return round(count / total, 6) if total else 0.0
