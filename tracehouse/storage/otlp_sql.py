@@ -125,34 +125,11 @@ def _text(v: str) -> str:
     return f"leftUTF8({encoded}, {{max_value_length:UInt32}})"
 
 
-# Every attribute list of a row (resource, scope, item, events, links) is concatenated into
-# one array and encoded by ONE copy of the (large) encoding expression; each map is then a
-# slice of it. ClickHouse plans these inserts in time proportional to the expression size, and
-# five inline copies doubled the per-insert planning (docs/performance.md).
-
-
-def _first_slice(lists: str, length: str) -> str:
-    """SQL for the Map of the first ``length`` attributes of the concatenated ``lists``; it
-    defines the aliases ``_keys`` and ``_texts`` that ``_slice`` reads for the other maps."""
+def _attributes(key_values: str) -> str:
+    """SQL for a key-sorted Map(String, String) of an attribute list."""
     return (
-        "mapSort(mapFromArrays("
-        f"arraySlice(arrayMap(a -> a.key, arrayConcat({lists}) AS _kvs) AS _keys, 1, {length}), "
-        f"arraySlice(arrayMap(a -> {_text('a.value')}, _kvs) AS _texts, 1, {length})))"
-    )
-
-
-def _slice(offset: str, length: str) -> str:
-    """SQL for the key-sorted Map of ``length`` attributes from position ``offset`` (0-based)."""
-    return (
-        f"mapSort(mapFromArrays(arraySlice(_keys, {offset} + 1, {length}), "
-        f"arraySlice(_texts, {offset} + 1, {length})))"
-    )
-
-
-def _slices(base: str, lengths: str) -> str:
-    """SQL for one Map per nested list (events, links), their lengths in ``lengths``."""
-    return (
-        f"arrayMap((n, c) -> {_slice(f'{base} + c - n', 'n')}, {lengths}, arrayCumSum({lengths}))"
+        f"mapSort(mapFromArrays(arrayMap(a -> a.key, {key_values}), "
+        f"arrayMap(a -> {_text('a.value')}, {key_values})))"
     )
 
 
@@ -184,14 +161,10 @@ _TRACE_EXPRESSIONS = {
     "SpanKind": "if(span_kind BETWEEN 0 AND 5, ['Unspecified', 'Internal', 'Server', "
     "'Client', 'Producer', 'Consumer'][span_kind + 1], 'Unspecified')",
     "ServiceName": "ResourceAttributes['service.name']",
-    "ResourceAttributes": _first_slice(
-        "rs.resource.attributes, ss.scope.attributes, span_attributes, "
-        "arrayFlatten(span_events.attributes), arrayFlatten(span_links.attributes)",
-        "length(rs.resource.attributes) AS _nr",
-    ),
+    "ResourceAttributes": _attributes("rs.resource.attributes"),
     "ScopeName": "ss.scope.name",
     "ScopeVersion": "ss.scope.version",
-    "SpanAttributes": _slice("_nr + _ns", "length(span_attributes) AS _na"),
+    "SpanAttributes": _attributes("span_attributes"),
     "Duration": "if(span_end_time_unix_nano > span_start_time_unix_nano, "
     "span_end_time_unix_nano - span_start_time_unix_nano, 0)",
     "StatusCode": "if(span_status.code BETWEEN 0 AND 2, "
@@ -199,16 +172,12 @@ _TRACE_EXPRESSIONS = {
     "StatusMessage": "span_status.message",
     "Events.Timestamp": f"arrayMap(t -> {_ns('t')}, span_events.time_unix_nano)",
     "Events.Name": "span_events.name",
-    "Events.Attributes": _slices(
-        "_nr + _ns + _na", "arrayMap(x -> length(x), span_events.attributes) AS _ne"
-    ),
+    "Events.Attributes": f"arrayMap(e -> {_attributes('e')}, span_events.attributes)",
     "Links.TraceId": f"arrayMap(i -> {_hex('i')}, span_links.trace_id)",
     "Links.SpanId": f"arrayMap(i -> {_hex('i')}, span_links.span_id)",
     "Links.TraceState": "span_links.trace_state",
-    "Links.Attributes": _slices(
-        "_nr + _ns + _na + arraySum(_ne)", "arrayMap(x -> length(x), span_links.attributes)"
-    ),
-    "ScopeAttributes": _slice("_nr", "length(ss.scope.attributes) AS _ns"),
+    "Links.Attributes": f"arrayMap(l -> {_attributes('l')}, span_links.attributes)",
+    "ScopeAttributes": _attributes("ss.scope.attributes"),
     "DroppedAttributesCount": "span_dropped_attributes_count",
     "DroppedEventsCount": "span_dropped_events_count",
     "DroppedLinksCount": "span_dropped_links_count",
@@ -223,15 +192,12 @@ _LOG_EXPRESSIONS = {
     "ServiceName": "ResourceAttributes['service.name']",
     "Body": _text("rec_body"),
     "ResourceSchemaUrl": "rl.schema_url",
-    "ResourceAttributes": _first_slice(
-        "rl.resource.attributes, sl.scope.attributes, rec_attributes",
-        "length(rl.resource.attributes) AS _nr",
-    ),
+    "ResourceAttributes": _attributes("rl.resource.attributes"),
     "ScopeSchemaUrl": "sl.schema_url",
     "ScopeName": "sl.scope.name",
     "ScopeVersion": "sl.scope.version",
-    "ScopeAttributes": _slice("_nr", "length(sl.scope.attributes) AS _ns"),
-    "LogAttributes": _slice("_nr + _ns", "length(rec_attributes)"),
+    "ScopeAttributes": _attributes("sl.scope.attributes"),
+    "LogAttributes": _attributes("rec_attributes"),
     "EventName": "rec_event_name",
     "DroppedAttributesCount": "rec_dropped_attributes_count",
 }
