@@ -213,7 +213,7 @@ def test_stop_inserts_everything_acknowledged(
     make_server: ServerFactory, engine_url: str, service_name: str
 ) -> None:
     sink = FlakySink(engine_url)
-    sink.delay_s = 0.5  # inserts lag behind the acknowledgements
+    sink.delay_s = 2.0  # inserts lag well behind the acknowledgements, even on a loaded machine
     app = make_server(sink=sink)
     with ThreadPoolExecutor(4) as pool:
         bodies = [trace_request(service_name, spans=5).SerializeToString() for _ in range(4)]
