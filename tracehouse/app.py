@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from tracehouse import __version__, ingest, storage
 from tracehouse.config import Settings
 from tracehouse.ingest import IngestPipeline, OtlpReceiver, PipelineLimits, Sink, Spool
-from tracehouse.query import health_router, read_router
+from tracehouse.query import health_router, jaeger_router, read_router
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,7 @@ class Tracehouse:
         app.include_router(health_router(self._readiness))
         if "query" in self.settings.roles:
             app.include_router(read_router(self.client))
+            app.include_router(jaeger_router(self.client))
         return app
 
     def _readiness(self) -> str | None:
