@@ -24,7 +24,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from tracehouse.query.params import MAX_RANGE
-from tracehouse.query.traces import FIND_TRACE_IDS_SQL
+from tracehouse.query.traces import FIND_TRACE_IDS_SQL, TRACES_IN_WINDOW, TRACES_WINDOW_CTE
 from tracehouse.storage.conventions import SPAN_KIND, STATUS
 
 DEFAULT_LOOKBACK_NS = 3600 * 1_000_000_000
@@ -60,11 +60,7 @@ ORDER BY SpanName, Kind
 # The spans of some traces, read only in the window otel_traces_trace_id_ts records for them
 # (whole seconds of span starts, hence the margins), as the /api/v1 trace lookup does.
 TRACES_SPANS_SQL = f"""
-WITH (SELECT min(Start) FROM otel_traces_trace_id_ts
-      WHERE TraceId IN {{trace_ids:Array(String)}}) AS first_start,
-     (SELECT max(End) FROM otel_traces_trace_id_ts
-      WHERE TraceId IN {{trace_ids:Array(String)}}) AS last_start
-SELECT TraceId AS trace_id,
+{TRACES_WINDOW_CTE}SELECT TraceId AS trace_id,
        SpanId AS span_id,
        ParentSpanId AS parent_span_id,
        SpanName AS name,
@@ -85,8 +81,7 @@ SELECT TraceId AS trace_id,
        Links.SpanId AS link_span_ids
 FROM otel_traces
 WHERE TraceId IN {{trace_ids:Array(String)}}
-  AND Timestamp >= first_start - INTERVAL 1 MINUTE
-  AND Timestamp < last_start + INTERVAL 61 SECOND
+{TRACES_IN_WINDOW}
 ORDER BY Timestamp, SpanId
 LIMIT {SEARCH_SPANS_LIMIT}
 """

@@ -96,13 +96,21 @@ ORDER BY min(Timestamp) DESC
 LIMIT {{limit:UInt32}}
 """
 
+# The time window of some traces from the trace-id index (whole seconds of span starts,
+# hence the margins of TRACES_IN_WINDOW), so that span reads touch only those partitions.
+TRACES_WINDOW_CTE = """
+WITH (SELECT min(Start) FROM otel_traces_trace_id_ts
+      WHERE TraceId IN {trace_ids:Array(String)}) AS first_start,
+     (SELECT max(End) FROM otel_traces_trace_id_ts
+      WHERE TraceId IN {trace_ids:Array(String)}) AS last_start
+"""
+TRACES_IN_WINDOW = """
+  AND Timestamp >= first_start - INTERVAL 1 MINUTE
+  AND Timestamp < last_start + INTERVAL 61 SECOND"""
+
 # The root is the earliest span without a parent, else the earliest span: false sorts first.
 SUMMARISE_TRACES_SQL = f"""
-WITH (SELECT min(Start) FROM otel_traces_trace_id_ts
-      WHERE TraceId IN {{trace_ids:Array(String)}}) AS first_start,
-     (SELECT max(End) FROM otel_traces_trace_id_ts
-      WHERE TraceId IN {{trace_ids:Array(String)}}) AS last_start
-SELECT TraceId AS traceId,
+{TRACES_WINDOW_CTE}SELECT TraceId AS traceId,
        argMin(ServiceName, (ParentSpanId != '', Timestamp)) AS rootService,
        argMin(SpanName, (ParentSpanId != '', Timestamp)) AS rootName,
        min(toUnixTimestamp64Nano(Timestamp)) AS start_ns,
@@ -113,8 +121,7 @@ SELECT TraceId AS traceId,
        arraySort(groupUniqArray(ServiceName)) AS services
 FROM otel_traces
 WHERE TraceId IN {{trace_ids:Array(String)}}
-  AND Timestamp >= first_start - INTERVAL 1 MINUTE
-  AND Timestamp < last_start + INTERVAL 61 SECOND
+{TRACES_IN_WINDOW}
 GROUP BY TraceId
 ORDER BY start_ns DESC, traceId
 """
