@@ -23,6 +23,7 @@ from tracehouse import __version__, ingest, storage
 from tracehouse.config import Settings
 from tracehouse.ingest import IngestPipeline, OtlpReceiver, PipelineLimits, Sink, Spool
 from tracehouse.query import health_router, jaeger_router, read_router
+from tracehouse.topology import EdgeBuilder, EdgeWorker
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class Tracehouse:
         self._sockets: list[socket.socket] = []
         self._migrated = False
         self._writer: storage.ClickHouseWriter | None = None
+        self.edges: EdgeWorker | None = None
+        self._edges_client: Any = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -87,6 +90,11 @@ class Tracehouse:
             self.ports.http = http_socket.getsockname()[1]
             apps.append((self._start_ingest(), http_socket))
         self._serve_asgi(apps)
+        if "worker" in s.roles:
+            # Its own client: a recomputation must not queue API queries behind it.
+            self._edges_client = storage.connect(s.resolved_clickhouse_url, s.cluster)
+            self.edges = EdgeWorker(EdgeBuilder(self._edges_client), interval_s=15.0)
+            self.edges.start()
         log.info(
             "tracehouse %s up: roles=%s storage=%s grpc=%s http=%s api=%s",
             __version__,
@@ -103,6 +111,12 @@ class Tracehouse:
         Requests in flight wait on the pipeline, so it is flushed before the servers are
         waited for: every request accepted before the stop gets its answer.
         """
+        if self.edges is not None:
+            self.edges.stop(grace_s)
+            self.edges = None
+        if self._edges_client is not None:
+            self._edges_client.close()
+            self._edges_client = None
         grpc_stopped = self._grpc.stop(grace_s) if self._grpc is not None else None
         self._grpc = None
         for server in self._asgi.servers:

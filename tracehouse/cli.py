@@ -1,4 +1,4 @@
-"""The ``tracehouse`` command: ``serve``, ``migrate``, ``bench``."""
+"""The ``tracehouse`` command: ``serve``, ``migrate``, ``bench``, ``report``."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import signal
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from typing import Any
 
 from pydantic import ValidationError
@@ -114,6 +117,101 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_ingest_bench(args)
 
 
+_WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Columns of the report table and how wide a text cell may grow before it is cut.
+_REPORT_HEADINGS = {"error_rate": "err%", "total_ms": "total_ms", "rank": "#"}
+_MAX_CELL = 60
+
+
+def _window_seconds(text: str) -> float:
+    """``90s``, ``15m``, ``1h``, ``2d`` (or plain seconds) as seconds; ArgumentTypeError else."""
+    value = text.strip().lower()
+    unit = _WINDOW_UNITS.get(value[-1:])
+    number = value[:-1] if unit is not None else value
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a window such as 15m, 1h or 2d")
+    return seconds
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if column == "error_rate":
+        return f"{float(value) * 100:.1f}"
+    if isinstance(value, float):
+        return f"{value:,.3f}" if column != "rps" else f"{value:,.4f}"
+    text = str(value)
+    return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A top-N report answer as a fixed-width table: a title line, a heading, one line per row
+    (text left-aligned, numbers right-aligned)."""
+    columns: list[str] = report["columns"]
+    rows: list[dict[str, Any]] = report["rows"]
+    title = f"top {report['entity']} by {report['by']}, {report['start']} .. {report['end']}" + (
+        f" (kinds: {', '.join(report['kinds'])})" if report.get("kinds") else ""
+    )
+    if not rows:
+        return title + "\n(no data in this window)"
+    cells = [[_cell(c, row.get(c)) for c in columns] for row in rows]
+    headings = [_REPORT_HEADINGS.get(c, c) for c in columns]
+    numeric = [
+        all(row.get(c) is None or isinstance(row.get(c), int | float) for row in rows)
+        for c in columns
+    ]
+    widths = [max(len(headings[i]), *(len(line[i]) for line in cells)) for i in range(len(columns))]
+
+    def line(values: list[str]) -> str:
+        parts = [
+            v.rjust(widths[i]) if numeric[i] else v.ljust(widths[i]) for i, v in enumerate(values)
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([title, line(headings), *(line(c) for c in cells)])
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    end: float = args.end if args.end is not None else time.time()
+    start = args.start if args.start is not None else str(end - args.window)
+    params: dict[str, Any] = {"entity": args.entity, "n": args.n, "start": start, "end": str(end)}
+    if args.by:
+        params["by"] = args.by
+    if args.kind:
+        params["kind"] = args.kind
+    base = args.url.rstrip("/")
+    url = f"{base}/api/v1/reports/top?{urllib.parse.urlencode(params)}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            report = json.loads(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode("utf-8", "replace")
+        try:
+            detail = json.loads(body).get("detail", body)
+        except ValueError:
+            detail = body
+        if isinstance(detail, list):
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail
+            )
+        print(f"tracehouse: the server at {base} answered {exc.code}: {detail}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(
+            f"tracehouse: cannot reach the tracehouse server at {base} ({reason}); "
+            "is `tracehouse serve` running there? (--url)",
+            file=sys.stderr,
+        )
+        return 1
+    print(format_report(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracehouse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +240,30 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ingest.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     bench_ingest.add_argument("--transport", choices=["grpc", "http", "both"], default="grpc")
     bench_ingest.set_defaults(func=_cmd_bench)
+
+    report = sub.add_parser(
+        "report", help="top-N services, operations, SQL or errors from a running server"
+    )
+    report.add_argument(
+        "--window", type=_window_seconds, default=3600.0, help="last 15m, 1h, 2d... (1h)"
+    )
+    report.add_argument("--start", help="RFC 3339 or epoch seconds (instead of --window)")
+    report.add_argument("--end", type=float, help="epoch seconds (default now)")
+    report.add_argument(
+        "--entity", choices=["service", "operation", "sql", "error"], default="service"
+    )
+    report.add_argument(
+        "--by",
+        choices=["p99", "calls", "errors", "error_rate", "total_time"],
+        help="ranking (default total_time; errors for --entity error)",
+    )
+    report.add_argument("-n", type=int, default=10, help="rows, 1..100 (10)")
+    report.add_argument("--kind", help="span kinds: entry, all, server, client, ...")
+    report.add_argument(
+        "--url", default="http://localhost:8080", help="the server's API (http://localhost:8080)"
+    )
+    report.add_argument("--timeout", type=float, default=30.0, help="seconds (30)")
+    report.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -48,11 +48,14 @@ MV = "otel_traces_trace_id_ts_mv"
 # The minute rollups of otel_traces (migration 0004), each fed by its view; TTL from Minute.
 ROLLUPS = {"otel_red_1m": "Minute", "otel_db_1m": "Minute"}
 ROLLUP_VIEWS = {"otel_red_1m": "otel_red_1m_mv", "otel_db_1m": "otel_db_1m_mv"}
+# Service-graph edges (migration 0005), recomputed by the worker (no view); TTL from Minute.
+EDGES = {"otel_edges_1m": "Minute"}
 MIGRATION_NAMES = [
     "0001_otel_traces",
     "0002_otel_traces_trace_id_ts",
     "0003_otel_logs",
     "0004_rollups",
+    "0005_edges",
 ]
 CLUSTER = "tracehouse"
 
@@ -138,7 +141,11 @@ def _creatable_without_a_cluster(sql: str, cluster: str) -> str:
     no ON CLUSTER, (Aggregating)MergeTree for Replicated(Aggregating)MergeTree, Null for the
     Distributed engine."""
     out = sql.replace(f" ON CLUSTER `{cluster}`", "")
-    out = re.sub(r"Replicated(\w*MergeTree)\('[^']*', '[^']*'\)", r"\1", out)
+    out = re.sub(
+        r"Replicated(\w*MergeTree)\('[^']*', '[^']*'(?:, (\w+))?\)",
+        lambda m: f"{m.group(1)}({m.group(2)})" if m.group(2) else m.group(1),
+        out,
+    )
     out = re.sub(r"ENGINE = Distributed\(.*\Z", "ENGINE = Null", out, flags=re.S)
     assert "CLUSTER" not in out and "Replicated" not in out and "Distributed" not in out, out
     return out
@@ -268,7 +275,7 @@ def test_shipped_migrations_are_numbered_in_order() -> None:
 
 def test_migrate_creates_the_schema_on_an_empty_database(db: Any) -> None:
     migrator = Migrator(db, SchemaOptions())
-    assert [m.version for m in migrator.pending()] == [1, 2, 3, 4]
+    assert [m.version for m in migrator.pending()] == [1, 2, 3, 4, 5]
 
     assert migrator.migrate() == MIGRATION_NAMES
 
@@ -281,6 +288,7 @@ def test_migrate_creates_the_schema_on_an_empty_database(db: Any) -> None:
         "otel_red_1m_mv": "MaterializedView",
         "otel_db_1m": "AggregatingMergeTree",
         "otel_db_1m_mv": "MaterializedView",
+        "otel_edges_1m": "ReplacingMergeTree",
         MIGRATIONS_TABLE: "MergeTree",
     }
     recorded = db.query(
@@ -313,10 +321,17 @@ def test_a_migration_cut_off_half_way_is_applied_again(db: Any) -> None:
     # Migration 0001's table was created, then the process died before it was recorded.
     db.command(migrations_table_ddl(options))
     db.command(render(load_migrations()[0], options)[0])
-    assert [m.version for m in Migrator(db, options).pending()] == [1, 2, 3, 4]
+    assert [m.version for m in Migrator(db, options).pending()] == [1, 2, 3, 4, 5]
 
     assert Migrator(db, options).migrate() == MIGRATION_NAMES
-    assert set(_tables(db)) == {*TABLES, MV, *ROLLUPS, *ROLLUP_VIEWS.values(), MIGRATIONS_TABLE}
+    assert set(_tables(db)) == {
+        *TABLES,
+        MV,
+        *ROLLUPS,
+        *ROLLUP_VIEWS.values(),
+        *EDGES,
+        MIGRATIONS_TABLE,
+    }
     assert Migrator(db, options).pending() == []
 
 
@@ -443,11 +458,13 @@ def test_every_cluster_statement_parses_and_runs_on_the_cluster(client: Any, clu
         "otel_db_1m_local",
         "otel_db_1m",
         "otel_db_1m_mv",
+        "otel_edges_1m_local",
+        "otel_edges_1m",
     ]
     on_cluster = re.compile(rf"\bON CLUSTER `?{re.escape(cluster)}`?\s")
     assert [name for name, sql in formatted.items() if not on_cluster.search(sql)] == []
     # Distributed tables name the same cluster.
-    for table in [*TABLES, *ROLLUPS]:
+    for table in [*TABLES, *ROLLUPS, *EDGES]:
         assert re.search(rf"ENGINE = Distributed\(`?{re.escape(cluster)}`?,", formatted[table])
 
 
@@ -472,6 +489,27 @@ def test_cluster_rollups_are_replicated_aggregating_tables(cluster_ddl: dict[str
     ), cluster_ddl[local]
 
 
+def test_cluster_edges_are_a_replicated_replacing_table_versioned_by_version(
+    cluster_ddl: dict[str, str],
+) -> None:
+    """The worker recomputes minutes: the newest Version of a key wins (no summing)."""
+    local = "otel_edges_1m_local"
+    path = rf"'/clickhouse/tables/\{{shard\}}/[^']*\b{local}'"
+    assert re.search(
+        rf"ENGINE = ReplicatedReplacingMergeTree\({path}, '\{{replica\}}', Version\)",
+        cluster_ddl[local],
+    ), cluster_ddl[local]
+
+
+def test_single_node_edges_are_a_replacing_table_versioned_by_version(migrated_db: Any) -> None:
+    (engine_full,) = migrated_db.query(
+        "SELECT engine_full FROM system.tables "
+        "WHERE database = currentDatabase() AND name = 'otel_edges_1m'"
+    ).first_row
+    assert engine_full.startswith("ReplacingMergeTree(Version) PARTITION BY toDate(Minute)")
+    assert "ORDER BY (Minute, Source, Target, ConnectionType)" in engine_full
+
+
 @pytest.mark.parametrize(
     ("table", "sharding_key"),
     [
@@ -481,6 +519,8 @@ def test_cluster_rollups_are_replicated_aggregating_tables(cluster_ddl: dict[str
         # Only the views write the rollups (into the local tables); any shard will do.
         ("otel_red_1m", "rand()"),
         ("otel_db_1m", "rand()"),
+        # The worker inserts edges through the Distributed table; any shard will do.
+        ("otel_edges_1m", "rand()"),
     ],
 )
 def test_cluster_front_tables_are_distributed_over_the_local_tables(
@@ -536,6 +576,7 @@ def test_single_node_statements_parse_and_have_no_cluster_parts(client: Any) -> 
         "otel_red_1m_mv",
         "otel_db_1m",
         "otel_db_1m_mv",
+        "otel_edges_1m",
     ]
     for name, sql in formatted.items():
         assert "ON CLUSTER" not in sql, name
@@ -564,7 +605,7 @@ def single_and_cluster(engine_url: str) -> Iterator[tuple[Any, Any]]:
         _drop_database(clustered, clustered_name)
 
 
-@pytest.mark.parametrize("table", [*TABLES, *ROLLUPS])
+@pytest.mark.parametrize("table", [*TABLES, *ROLLUPS, *EDGES])
 def test_single_node_and_cluster_tables_have_the_same_columns(
     single_and_cluster: tuple[Any, Any], table: str
 ) -> None:
@@ -593,7 +634,7 @@ def _retention(traces: int, logs: int) -> SchemaOptions:
 
 def _expected_ttl(traces: int, logs: int) -> dict[str, tuple[str, int] | None]:
     """Rollups follow the traces retention."""
-    expiring = {**TABLES, **ROLLUPS}
+    expiring = {**TABLES, **ROLLUPS, **EDGES}
     days = {t: logs if t == "otel_logs" else traces for t in expiring}
     return {t: (expiring[t], days[t]) if days[t] else None for t in expiring}
 
@@ -609,7 +650,7 @@ def _expected_ttl(traces: int, logs: int) -> dict[str, tuple[str, int] | None]:
 def test_retention_follows_the_settings_and_keeps_rows(db: Any, steps: list[tuple[int, int]]):
     first, *changes = steps
     assert Migrator(db, _retention(*first)).migrate() == MIGRATION_NAMES
-    assert {t: _ttl(db, t) for t in [*TABLES, *ROLLUPS]} == _expected_ttl(*first)
+    assert {t: _ttl(db, t) for t in [*TABLES, *ROLLUPS, *EDGES]} == _expected_ttl(*first)
 
     trace_id = uuid.uuid4().hex
     _insert_as_collector(db, "otel_traces", _collector_span(trace_id))
@@ -618,7 +659,7 @@ def test_retention_follows_the_settings_and_keeps_rows(db: Any, steps: list[tupl
 
     for traces, logs in changes:
         assert Migrator(db, _retention(traces, logs)).migrate() == []
-        assert {t: _ttl(db, t) for t in [*TABLES, *ROLLUPS]} == _expected_ttl(traces, logs)
+        assert {t: _ttl(db, t) for t in [*TABLES, *ROLLUPS, *EDGES]} == _expected_ttl(traces, logs)
         assert {t: _count(db, t, trace_id) for t in TABLES} == dict.fromkeys(TABLES, 1)
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from tracehouse.query import logs, services, sql, traces
+from tracehouse.query import logs, reports, services, sql, traces
+from tracehouse.topology import api as topology
 
 # Each area module exposes ``router(client) -> APIRouter`` (paths relative to /api/v1).
 _AREAS: tuple[Callable[[Any], APIRouter], ...] = (
@@ -15,6 +16,8 @@ _AREAS: tuple[Callable[[Any], APIRouter], ...] = (
     logs.router,
     services.router,
     sql.router,
+    reports.router,
+    topology.router,  # /topology: in tracehouse/topology/api.py, beside the job filling it
 )
 
 

@@ -28,12 +28,17 @@ _TTL_COLUMNS = {
     "otel_logs": "TimestampTime",
     "otel_red_1m": "Minute",
     "otel_db_1m": "Minute",
+    "otel_edges_1m": "Minute",
 }
 # Engine family of the tables that are not plain MergeTree (Replicated… in cluster mode).
 _ENGINES = {
     "otel_red_1m": "AggregatingMergeTree",
     "otel_db_1m": "AggregatingMergeTree",
+    # Recomputed by the worker, newest Version wins (migration 0005).
+    "otel_edges_1m": "ReplacingMergeTree",
 }
+# Engine parameters after the replication path and replica (the version column).
+_ENGINE_ARGS = {"otel_edges_1m": "Version"}
 _TTL_DAYS = re.compile(r"TTL .*?toIntervalDay\((\d+)\)")
 
 
@@ -68,10 +73,12 @@ class SchemaOptions:
 
     def engine(self, table: str) -> str:
         family = _ENGINES.get(table, "MergeTree")
+        extra = _ENGINE_ARGS.get(table)
         if not self.cluster:
-            return family
+            return f"{family}({extra})" if extra else family
         path = f"/clickhouse/tables/{{shard}}/{{database}}/{table}_local"
-        return f"Replicated{family}('{path}', '{{replica}}')"
+        tail = f", {extra}" if extra else ""
+        return f"Replicated{family}('{path}', '{{replica}}'{tail})"
 
     def ttl(self, table: str) -> str:
         days = self.retention_days(table)
