@@ -7,8 +7,10 @@ engine directory; tests keep apart by using their own service names and trace id
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +33,14 @@ def engine_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 ServerFactory = Callable[..., Tracehouse]
 
 
-@pytest.fixture
-def make_server(engine_url: str, tmp_path: Path) -> Iterator[ServerFactory]:
-    """Start servers with settings overrides (and an optional sink); all stopped at teardown."""
+@contextmanager
+def _servers(engine_url: str, data_dir: Callable[[], Path]) -> Iterator[ServerFactory]:
+    """A factory of servers on loopback (port 0) over the shared engine; all stopped at exit."""
     started: list[Tracehouse] = []
 
     def make(sink: Sink | None = None, **overrides: Any) -> Tracehouse:
         values: dict[str, Any] = {
-            "data_dir": tmp_path / f"data-{len(started)}",
+            "data_dir": data_dir(),
             "clickhouse_url": engine_url,
             "host": "127.0.0.1",
             "grpc_port": 0,
@@ -52,9 +54,28 @@ def make_server(engine_url: str, tmp_path: Path) -> Iterator[ServerFactory]:
         started.append(app)
         return app
 
-    yield make
-    for app in reversed(started):
-        app.stop()  # idempotent
+    try:
+        yield make
+    finally:
+        for app in reversed(started):
+            app.stop()  # idempotent
+
+
+@pytest.fixture
+def make_server(engine_url: str, tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start servers with settings overrides (and an optional sink); all stopped at teardown."""
+    counter = itertools.count()
+    with _servers(engine_url, lambda: tmp_path / f"data-{next(counter)}") as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def make_module_server(
+    engine_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerFactory]:
+    """Like ``make_server``, for servers shared by one module's tests."""
+    with _servers(engine_url, lambda: tmp_path_factory.mktemp("module-data")) as make:
+        yield make
 
 
 @pytest.fixture

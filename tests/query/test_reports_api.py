@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +38,6 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from tests.conftest import ServerFactory, query
 from tracehouse.app import Tracehouse
-from tracehouse.config import Settings
 from tracehouse.query import reports
 
 MS = 1_000_000
@@ -75,34 +73,6 @@ def _no_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("OTEL_"):
             monkeypatch.delenv(name)
-
-
-@pytest.fixture(scope="module")
-def make_module_server(
-    engine_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerFactory]:
-    """Like conftest's ``make_server``, for one server shared by this module's tests."""
-    started: list[Tracehouse] = []
-
-    def make(**overrides: Any) -> Tracehouse:
-        values: dict[str, Any] = {
-            "data_dir": tmp_path_factory.mktemp("reports-data"),
-            "clickhouse_url": engine_url,
-            "host": "127.0.0.1",
-            "grpc_port": 0,
-            "http_port": 0,
-            "api_port": 0,
-            "insert_retry_interval_s": 0.2,
-            **overrides,
-        }
-        app = Tracehouse(Settings(**values))
-        app.start()
-        started.append(app)
-        return app
-
-    yield make
-    for app in reversed(started):
-        app.stop()
 
 
 def _db(system: str, statement: str, new_keys: bool = True) -> dict[str, str]:

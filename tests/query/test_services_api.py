@@ -19,7 +19,6 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +33,6 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from tests.conftest import ServerFactory, query
 from tracehouse.app import Tracehouse
-from tracehouse.config import Settings
 from tracehouse.query import services, sql
 
 MS = 1_000_000
@@ -151,34 +149,6 @@ def shop(make_module_server: ServerFactory) -> Shop:
         provider.shutdown()
     query(app, "SELECT 1")  # waits until everything acknowledged is stored
     return Shop(app, frontend, orders, start_s, frozenset(trace_ids))
-
-
-@pytest.fixture(scope="module")
-def make_module_server(
-    engine_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerFactory]:
-    """Like conftest's ``make_server``, for one server shared by this module's tests."""
-    started: list[Tracehouse] = []
-
-    def make(**overrides: Any) -> Tracehouse:
-        values: dict[str, Any] = {
-            "data_dir": tmp_path_factory.mktemp("services-data"),
-            "clickhouse_url": engine_url,
-            "host": "127.0.0.1",
-            "grpc_port": 0,
-            "http_port": 0,
-            "api_port": 0,
-            "insert_retry_interval_s": 0.2,
-            **overrides,
-        }
-        app = Tracehouse(Settings(**values))
-        app.start()
-        started.append(app)
-        return app
-
-    yield make
-    for app in reversed(started):
-        app.stop()
 
 
 def _by(rows: list[dict[str, Any]], key: str) -> dict[Any, dict[str, Any]]:
