@@ -112,7 +112,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from tracehouse.bench import run_ingest_bench
+    from tracehouse.bench.ingest import run_ingest_bench
 
     return run_ingest_bench(args)
 
