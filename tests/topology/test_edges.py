@@ -51,6 +51,7 @@ def test_pair_sent_in_different_requests_and_batches_is_one_edge(app: Tracehouse
     # One call each: every quantile is that call's duration, as each side saw it.
     assert [round(q / MS, 3) for q in edge["client_quantiles"]] == [50.0] * 3
     assert [round(q / MS, 3) for q in edge["server_quantiles"]] == [30.0] * 3
+    assert (edge["client_total_ns"], edge["server_total_ns"]) == (50 * MS, 30 * MS)
 
 
 def test_child_arriving_minutes_later_is_paired_by_a_later_run(app: Tracehouse, run: Run):

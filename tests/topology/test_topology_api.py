@@ -140,6 +140,7 @@ def test_nodes_and_edges_with_types_and_figures(graph: Graph) -> None:
     assert (call["calls"], call["errors"], call["error_rate"]) == (2, 1, 0.5)
     assert [call[f"client_p{q}_ms"] for q in (50, 95, 99)] == [40.0, 40.0, 40.0]
     assert [call[f"server_p{q}_ms"] for q in (50, 95, 99)] == [30.0, 30.0, 30.0]
+    assert (call["client_avg_ms"], call["server_avg_ms"]) == (40.0, 30.0)
     db = edges[(api, g.n("orders"))]
     assert (db["calls"], db["errors"], db["client_p99_ms"], db["server_p99_ms"]) == (
         1,
@@ -147,6 +148,7 @@ def test_nodes_and_edges_with_types_and_figures(graph: Graph) -> None:
         5.0,
         None,
     )
+    assert (db["client_avg_ms"], db["server_avg_ms"]) == (5.0, None)
     entry = edges[("user", front)]
     assert (entry["calls"], entry["errors"], entry["client_p50_ms"]) == (2, 1, None)
     assert entry["server_p99_ms"] == pytest.approx(100, abs=1)

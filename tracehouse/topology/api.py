@@ -21,6 +21,7 @@ from tracehouse.query._rollups import (
     ENTRY_KINDS,
     MinuteWindow,
     minute_window,
+    ms,
     quantiles_ms,
     rate,
 )
@@ -37,7 +38,7 @@ MAX_DEPTH = 10
 # window function: drop keys a later run of that minute no longer produced).
 _LATEST_EDGES = """
     SELECT Source, Target, ConnectionType, Calls, Errors, ClientLatency, ServerLatency,
-           Version, max(Version) OVER (PARTITION BY Minute) AS LatestVersion
+           ClientDurationSum, ServerDurationSum, Version, max(Version) OVER (PARTITION BY Minute) AS LatestVersion
     FROM otel_edges_1m FINAL
     WHERE Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64})
 """
@@ -50,7 +51,9 @@ SELECT
     sum(Calls) AS calls,
     sum(Errors) AS errors,
     quantilesTDigestMerge(0.5, 0.95, 0.99)(ClientLatency) AS client_quantiles,
-    quantilesTDigestMerge(0.5, 0.95, 0.99)(ServerLatency) AS server_quantiles
+    quantilesTDigestMerge(0.5, 0.95, 0.99)(ServerLatency) AS server_quantiles,
+    sum(ClientDurationSum) AS client_total_ns,
+    sum(ServerDurationSum) AS server_total_ns
 FROM ({_LATEST_EDGES})
 WHERE Version = LatestVersion
 GROUP BY source, target, type
@@ -116,6 +119,8 @@ class Edge(BaseModel):
     server_p50_ms: float | None
     server_p95_ms: float | None
     server_p99_ms: float | None
+    client_avg_ms: float | None
+    server_avg_ms: float | None
 
 
 class Topology(BaseModel):
@@ -149,7 +154,15 @@ def _edge(row: dict[str, Any]) -> Edge:
         server_p50_ms=s50,
         server_p95_ms=s95,
         server_p99_ms=s99,
+        client_avg_ms=_average_ms(row["client_total_ns"], calls, c50),
+        server_avg_ms=_average_ms(row["server_total_ns"], calls, s50),
     )
+
+
+def _average_ms(total_ns: Any, calls: int, median: float | None) -> float | None:
+    """Average of one side's durations; None where that side has no spans (its median is
+    None then: virtual peers have no server span, ``user`` edges no client span)."""
+    return ms(int(total_ns) / calls) if calls and median is not None else None
 
 
 def _node_types(edges: Iterable[Edge]) -> dict[str, NodeType]:

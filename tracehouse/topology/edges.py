@@ -59,7 +59,7 @@ _PEER_TYPE = """multiIf(
 BUILD_EDGES_SQL = f"""
 INSERT INTO otel_edges_1m
     (Minute, Source, Target, ConnectionType, Calls, Errors, ClientLatency, ServerLatency,
-     Version)
+     ClientDurationSum, ServerDurationSum, Version)
 SELECT
     Minute,
     Source,
@@ -69,6 +69,8 @@ SELECT
     countIf(Failed) AS Errors,
     quantileTDigestStateIf(ClientDuration, HasClient) AS ClientLatency,
     quantileTDigestStateIf(ServerDuration, HasServer) AS ServerLatency,
+    sumIf(ClientDuration, HasClient) AS ClientDurationSum,
+    sumIf(ServerDuration, HasServer) AS ServerDurationSum,
     {{version:UInt64}} AS Version
 FROM
 (
