@@ -38,7 +38,8 @@ MAX_DEPTH = 10
 # window function: drop keys a later run of that minute no longer produced).
 _LATEST_EDGES = """
     SELECT Source, Target, ConnectionType, Calls, Errors, ClientLatency, ServerLatency,
-           ClientDurationSum, ServerDurationSum, Version, max(Version) OVER (PARTITION BY Minute) AS LatestVersion
+           ClientDurationSum, ServerDurationSum, Version,
+           max(Version) OVER (PARTITION BY Minute) AS LatestVersion
     FROM otel_edges_1m FINAL
     WHERE Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64})
 """
