@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from tracehouse import __version__, ingest, storage
 from tracehouse.config import Settings
 from tracehouse.ingest import IngestPipeline, OtlpReceiver, PipelineLimits, Sink, Spool
-from tracehouse.query import health_router, jaeger_router, read_router
+from tracehouse.query import SlowServiceDefaults, health_router, jaeger_router, read_router
 from tracehouse.topology import EdgeBuilder, EdgeWorker
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,12 @@ class Tracehouse:
         app = FastAPI(title="tracehouse", version=__version__)
         app.include_router(health_router(self._readiness))
         if "query" in self.settings.roles:
-            app.include_router(read_router(self.client))
+            slow = SlowServiceDefaults(
+                threshold_ms=self.settings.slow_service_p99_ms,
+                factor=self.settings.slow_service_factor,
+                min_calls=self.settings.slow_service_min_calls,
+            )
+            app.include_router(read_router(self.client, slow))
             app.include_router(jaeger_router(self.client))
         return app
 

@@ -117,6 +117,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_ingest_bench(args)
 
 
+def _cmd_bench_query(args: argparse.Namespace) -> int:
+    from tracehouse.bench.query import run_query_bench
+
+    return run_query_bench(args)
+
+
 _WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Columns of the report table and how wide a text cell may grow before it is cut.
 _REPORT_HEADINGS = {"error_rate": "err%", "total_ms": "total_ms", "rank": "#"}
@@ -240,6 +246,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ingest.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     bench_ingest.add_argument("--transport", choices=["grpc", "http", "both"], default="grpc")
     bench_ingest.set_defaults(func=_cmd_bench)
+    bench_query = bench_sub.add_parser(
+        "query", help="read-API latency on seeded spans, beside raw-span scans"
+    )
+    bench_query.add_argument("--spans", type=int, default=10_000_000, help="spans to seed")
+    bench_query.add_argument("--hours", type=int, default=25, help="hours the spans cover (>= 24)")
+    bench_query.add_argument("--batch", type=int, default=1_000_000, help="spans per insert")
+    bench_query.add_argument("--runs", type=int, default=10, help="timed API requests per row")
+    bench_query.add_argument("--raw-runs", type=int, default=3, help="timed raw scans per row")
+    bench_query.add_argument("--seed", type=int, default=7, help="seed of the generated data")
+    bench_query.add_argument(
+        "--data-dir", help="engine directory, kept afterwards (default: a temporary one)"
+    )
+    bench_query.add_argument(
+        "--reuse", action="store_true", help="measure the spans already in --data-dir"
+    )
+    bench_query.add_argument(
+        "--settle", type=float, default=120.0, help="seconds to wait for merges before timing"
+    )
+    bench_query.add_argument("--markdown", action="store_true", help="also print Markdown")
+    bench_query.set_defaults(func=_cmd_bench_query)
 
     report = sub.add_parser(
         "report", help="top-N services, operations, SQL or errors from a running server"

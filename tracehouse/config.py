@@ -63,6 +63,16 @@ class Settings(BaseSettings):
     dedup_window_s: float = Field(default=600.0, ge=0)
     dedup_max_entries: int = Field(default=200_000, ge=0)
 
+    slow_service_p99_ms: float = Field(
+        default=1000.0, gt=0, description="/slow-services: a p99 above this is slow"
+    )
+    slow_service_factor: float = Field(
+        default=2.0, gt=1, description="/slow-services: a p99 this many times the baseline's"
+    )
+    slow_service_min_calls: int = Field(
+        default=10, ge=1, description="/slow-services: calls needed to judge a p99"
+    )
+
     log_level: str = "INFO"
 
     @field_validator("roles", mode="before")
