@@ -4,5 +4,12 @@ Jaeger v1 query API under /jaeger/api."""
 from tracehouse.query.api import read_router
 from tracehouse.query.health import ReadinessCheck, health_router
 from tracehouse.query.jaeger import router as jaeger_router
+from tracehouse.query.slow_services import SlowServiceDefaults
 
-__all__ = ["ReadinessCheck", "health_router", "jaeger_router", "read_router"]
+__all__ = [
+    "ReadinessCheck",
+    "SlowServiceDefaults",
+    "health_router",
+    "jaeger_router",
+    "read_router",
+]

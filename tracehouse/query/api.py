@@ -7,7 +7,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from tracehouse.query import logs, reports, services, sql, traces
+from tracehouse.query import logs, reports, services, slow_services, sql, traces
+from tracehouse.query.slow_services import SlowServiceDefaults
 from tracehouse.topology import api as topology
 
 # Each area module exposes ``router(client) -> APIRouter`` (paths relative to /api/v1).
@@ -21,9 +22,11 @@ _AREAS: tuple[Callable[[Any], APIRouter], ...] = (
 )
 
 
-def read_router(client: Any) -> APIRouter:
-    """All read endpoints, bound to a ClickHouse client."""
+def read_router(client: Any, slow: SlowServiceDefaults | None = None) -> APIRouter:
+    """All read endpoints, bound to a ClickHouse client; ``slow``: what makes a service slow
+    unless a request says otherwise."""
     api = APIRouter(prefix="/api/v1")
     for area in _AREAS:
         api.include_router(area(client))
+    api.include_router(slow_services.router(client, slow or SlowServiceDefaults()))
     return api
