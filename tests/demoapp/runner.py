@@ -39,11 +39,13 @@ class DemoError(RuntimeError):
 class SqlCall:
     """One SQL statement inventory ran: ``kind`` names the statement (``lookup``,
     ``reserve``, ``record``, ``related`` or ``slow``), ``statement`` is the text as sent
-    (with its literals) and ``duration_ns`` the duration its span recorded."""
+    (with its literals), ``duration_ns`` the duration its span recorded and ``trace_id`` the
+    trace it belongs to."""
 
     kind: str
     statement: str
     duration_ns: int
+    trace_id: str
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ listens on 127.0.0.1 (port 0), reads ``{"peers": {role: base URL}}`` from stdin,
 ``{"ready": true}`` and serves. When stdin closes it stops serving, shuts its tracer provider
 down (every span exported, or counted as failed) and prints ``{"report": {...}}``: the spans it
 ended per operation and the exporter's results; inventory adds every SQL call with its
-statement and the duration its span recorded.
+statement, the duration its span recorded and its trace id.
 """
 
 from __future__ import annotations
@@ -225,7 +225,12 @@ class Inventory:
         assert isinstance(span, ReadableSpan)
         assert span.end_time is not None and span.start_time is not None
         self.calls.append(
-            {"kind": kind, "statement": statement, "duration_ns": span.end_time - span.start_time}
+            {
+                "kind": kind,
+                "statement": statement,
+                "duration_ns": span.end_time - span.start_time,
+                "trace_id": f"{span.get_span_context().trace_id:032x}",
+            }
         )
         return rows
 
