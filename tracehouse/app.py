@@ -23,6 +23,13 @@ from tracehouse import __version__, ingest, storage
 from tracehouse.config import Settings
 from tracehouse.ingest import IngestPipeline, OtlpReceiver, PipelineLimits, Sink, Spool
 from tracehouse.query import SlowServiceDefaults, health_router, jaeger_router, read_router
+from tracehouse.storage.lease import (
+    AlwaysLeader,
+    JobFactory,
+    LeaderElector,
+    LeaderGate,
+    Leadership,
+)
 from tracehouse.topology import EdgeBuilder, EdgeWorker
 
 log = logging.getLogger(__name__)
@@ -55,8 +62,10 @@ class Tracehouse:
         self._sockets: list[socket.socket] = []
         self._migrated = False
         self._writer: storage.ClickHouseWriter | None = None
-        self.edges: EdgeWorker | None = None
         self._edges_client: Any = None
+        self.leader: LeaderElector | None = None  # with leader election (see config)
+        self._lease_client: Any = None
+        self._gate: LeaderGate | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -93,8 +102,7 @@ class Tracehouse:
         if "worker" in s.roles:
             # Its own client: a recomputation must not queue API queries behind it.
             self._edges_client = storage.connect(s.resolved_clickhouse_url, s.cluster)
-            self.edges = EdgeWorker(EdgeBuilder(self._edges_client), interval_s=15.0)
-            self.edges.start()
+            self._start_worker()
         log.info(
             "tracehouse %s up: roles=%s storage=%s grpc=%s http=%s api=%s",
             __version__,
@@ -111,9 +119,15 @@ class Tracehouse:
         Requests in flight wait on the pipeline, so it is flushed before the servers are
         waited for: every request accepted before the stop gets its answer.
         """
-        if self.edges is not None:
-            self.edges.stop(grace_s)
-            self.edges = None
+        if self._gate is not None:
+            self._gate.stop(grace_s)  # the jobs first, then the lease is handed back
+            self._gate = None
+        if self.leader is not None:
+            self.leader.stop(release=True)
+            self.leader = None
+        if self._lease_client is not None:
+            self._lease_client.close()
+            self._lease_client = None
         if self._edges_client is not None:
             self._edges_client.close()
             self._edges_client = None
@@ -146,7 +160,38 @@ class Tracehouse:
             logs_retention_days=self.settings.logs_retention_days,
         )
 
+    @property
+    def edges(self) -> EdgeWorker | None:
+        """The service-graph job while it runs in this process (worker role, leading)."""
+        jobs = self._gate.jobs if self._gate is not None else []
+        return next((job for job in jobs if isinstance(job, EdgeWorker)), None)
+
     # -- wiring ------------------------------------------------------------------------------
+
+    def _worker_jobs(self) -> list[JobFactory]:
+        """The worker role's jobs (``start()``/``stop(grace_s)``), each built anew whenever
+        this process becomes the leader."""
+        edges_client = self._edges_client
+        return [lambda: EdgeWorker(EdgeBuilder(edges_client), interval_s=15.0)]
+
+    def _start_worker(self) -> None:
+        """Run the worker jobs while this process leads (docs/decisions/0011); without
+        leader election (embedded: one process owns the data), always."""
+        s = self.settings
+        leadership: Leadership = AlwaysLeader()
+        if s.resolved_leader_election:
+            self._lease_client = storage.connect(s.resolved_clickhouse_url, s.cluster)
+            self.leader = LeaderElector(
+                self._lease_client,
+                lease_s=s.leader_lease_s,
+                renew_s=s.leader_renew_s,
+                settle_s=s.leader_settle_s,
+                cluster=s.cluster,
+            )
+            self.leader.start()
+            leadership = self.leader
+        self._gate = LeaderGate(leadership, self._worker_jobs())
+        self._gate.start()
 
     def _start_ingest(self) -> Any:
         s = self.settings

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -63,6 +63,17 @@ class Settings(BaseSettings):
     dedup_window_s: float = Field(default=600.0, ge=0)
     dedup_max_entries: int = Field(default=200_000, ge=0)
 
+    leader_election: bool | None = Field(
+        default=None,
+        description="worker jobs run only while this process holds the ClickHouse lease; "
+        "default: on with a ClickHouse server, off embedded (one process owns the data)",
+    )
+    leader_lease_s: float = Field(default=15.0, gt=0, description="lease without renewal")
+    leader_renew_s: float = Field(default=5.0, gt=0, description="renewal interval")
+    leader_settle_s: float = Field(
+        default=2.0, gt=0, description="claim settle delay and step-down margin"
+    )
+
     slow_service_p99_ms: float = Field(
         default=1000.0, gt=0, description="/slow-services: a p99 above this is slow"
     )
@@ -81,6 +92,15 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _lease_margin(self) -> Settings:
+        if not self.leader_renew_s + 2 * self.leader_settle_s < self.leader_lease_s:
+            raise ValueError(
+                f"leader_lease_s ({self.leader_lease_s}) must exceed leader_renew_s + "
+                f"2 * leader_settle_s ({self.leader_renew_s} + 2 * {self.leader_settle_s})"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -110,6 +130,10 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.resolved_clickhouse_url.startswith("chdb:")
+
+    @property
+    def resolved_leader_election(self) -> bool:
+        return self.leader_election if self.leader_election is not None else not self.embedded
 
 
 def load_settings(config_file: str | None = None, **flags: Any) -> Settings:
