@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--start", help="RFC 3339 or epoch seconds (instead of --window)")
     report.add_argument("--end", type=float, help="epoch seconds (default now)")
     report.add_argument(
-        "--entity", choices=["service", "operation", "sql", "error"], default="service"
+        "--entity", choices=["service", "operation", "sql", "edge", "error"], default="service"
     )
     report.add_argument(
         "--by",

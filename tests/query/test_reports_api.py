@@ -10,11 +10,15 @@ recent data). Every entity's calls take the same time, so its percentiles are ex
   ``SELECT items`` 40 of 3 ms, ``SELECT orders`` 2 of 500 ms, ``UPDATE stock`` 6 of 10 ms
   (3 fail), all PostgreSQL; Redis ``GET`` 8 of 1 ms (1 fails, old ``db.statement`` keys).
 - ``batch``: consumer ``process job`` 4 of 1000 ms.
+
+Edges (the worker's job is run for that minute): ``user`` → web and → api (the root server
+spans), api → ``shop`` (PostgreSQL, db.namespace) and → ``redis`` (database peers).
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import os
 import random
@@ -39,6 +43,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from tests.conftest import ServerFactory, query
 from tracehouse.app import Tracehouse
 from tracehouse.query import reports
+from tracehouse.topology import EdgeBuilder
 
 MS = 1_000_000
 ITEMS_SQL = "SELECT * FROM items WHERE id = ?"
@@ -146,6 +151,10 @@ def apm(make_module_server: ServerFactory) -> Apm:
         assert provider.force_flush(timeout_millis=20_000)
         provider.shutdown()
     query(app, "SELECT 1")  # waits until everything acknowledged is stored
+    # The worker's edge job, run for that minute.
+    EdgeBuilder(app.client, lag_s=0, window_min=2).run_once(
+        now=dt.datetime.fromtimestamp(start_s + 90, dt.UTC)
+    )
     return Apm(app, run, start_s)
 
 
@@ -347,6 +356,49 @@ def test_sql_ranks_as_asked(apm: Apm, by: str, order: list[str]) -> None:
     assert [r["statement"] for r in apm.ok(entity="sql", by=by)["rows"]] == order
 
 
+# --- edges ---------------------------------------------------------------------------------
+
+
+def _edges(apm: Apm, **params: Any) -> list[tuple[Any, ...]]:
+    body = apm.ok(entity="edge", **params)
+    assert body["columns"][:4] == ["rank", "source", "target", "type"]
+    return [
+        (
+            r["source"].removesuffix(f"-{apm.run}"),
+            r["target"].removesuffix(f"-{apm.run}"),
+            r["type"],
+            r["calls"],
+            r["errors"],
+            r["total_ms"],
+            r["p99_ms"],
+        )
+        for r in body["rows"]
+        if apm.run in r["source"] or apm.run in r["target"]
+    ]
+
+
+def test_edges_by_total_time_as_their_callers_saw_them(apm: Apm) -> None:
+    # Database peers are timed by the client spans; user edges by the root server spans.
+    assert _edges(apm) == [
+        ("user", "api", "user", 10, 5, 2000.0, 200.0),
+        ("api", "shop", "database", 48, 3, 1180.0, 500.0),
+        ("user", "web", "user", 30, 3, 600.0, 20.0),
+        ("api", "redis", "database", 8, 1, 8.0, 1.0),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("by", "order"),
+    [
+        pytest.param("calls", ["shop", "web", "api", "redis"], id="calls"),
+        pytest.param("p99", ["shop", "api", "web", "redis"], id="p99"),
+        pytest.param("error_rate", ["api", "redis", "web", "shop"], id="rate"),
+    ],
+)
+def test_edges_rank_as_asked(apm: Apm, by: str, order: list[str]) -> None:
+    assert [target for _, target, *_ in _edges(apm, by=by)] == order
+
+
 def test_outside_the_window_nothing(apm: Apm) -> None:
     body = apm.ok(entity="operation", start=str(apm.start_s - 600), end=str(apm.start_s - 60))
     assert not any(str(r["service"]).endswith(apm.run) for r in body["rows"])
@@ -355,7 +407,7 @@ def test_outside_the_window_nothing(apm: Apm) -> None:
 # --- csv -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("entity", ["service", "operation", "sql", "error"])
+@pytest.mark.parametrize("entity", ["service", "operation", "sql", "edge", "error"])
 def test_csv_matches_json(apm: Apm, entity: str) -> None:
     body = apm.ok(entity=entity)
     response = apm.get(entity=entity, format="csv")
@@ -378,7 +430,6 @@ def test_csv_matches_json(apm: Apm, entity: str) -> None:
 @pytest.mark.parametrize(
     ("params", "parameter"),
     [
-        pytest.param({"entity": "edge"}, "entity", id="entity-edge"),
         pytest.param({"entity": "host"}, "entity", id="entity-unknown"),
         pytest.param({"by": "p50"}, "by", id="by-unknown"),
         pytest.param({"entity": "error", "by": "p99"}, "by", id="error-by-p99"),
@@ -389,6 +440,7 @@ def test_csv_matches_json(apm: Apm, entity: str) -> None:
         pytest.param({"format": "xml"}, "format", id="format"),
         pytest.param({"kind": "serverside"}, "kind", id="kind"),
         pytest.param({"entity": "sql", "kind": "client"}, "kind", id="sql-kind"),
+        pytest.param({"entity": "edge", "kind": "client"}, "kind", id="edge-kind"),
         pytest.param({"start": "yesterday"}, "start", id="start"),
         pytest.param({"end": "1"}, "start", id="start-after-end"),
     ],
@@ -410,10 +462,11 @@ def test_n_bounds_are_accepted(apm: Apm) -> None:
 
 
 def test_reports_read_only_the_rollups_with_bound_parameters() -> None:
-    assert len(reports.TOP_SQL) == 3 * 5 + 2
+    assert len(reports.TOP_SQL) == 4 * 5 + 2
+    rollup = {"sql": "otel_db_1m", "edge": "otel_edges_1m"}
     for (entity, _by), statement in reports.TOP_SQL.items():
         tables = set(re.findall(r"\bFROM\s+(\w+)", statement))
-        assert tables == ({"otel_db_1m"} if entity == "sql" else {"otel_red_1m"})
+        assert tables == {rollup.get(entity, "otel_red_1m")}
         assert "otel_traces" not in statement
         assert "__" not in statement  # every placeholder of the template was filled
         assert "LIMIT {n:UInt32}" in statement

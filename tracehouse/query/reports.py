@@ -1,10 +1,10 @@
 """Top-N application report (``GET /api/v1/reports/top``): the services, operations, SQL
 statements or failing operations that rank highest by latency, traffic, errors or time spent.
 
-Reads the minute rollups only (migration 0004), never raw spans: ``otel_red_1m`` for
-services, operations and errors, ``otel_db_1m`` for SQL fingerprints. The statement for each
-(entity, ranking) pair is built once when the module loads from fixed text; request values
-only ever reach ClickHouse as bound parameters.
+Reads the minute rollups only, never raw spans: ``otel_red_1m`` for services, operations and
+errors, ``otel_db_1m`` for SQL fingerprints, ``otel_edges_1m`` for service-graph edges. The
+statement for each (entity, ranking) pair is built once when the module loads from fixed
+text; request values only ever reach ClickHouse as bound parameters.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from tracehouse.query._rollups import (
     rate,
 )
 from tracehouse.query.params import TimeRange, invalid, time_range
+from tracehouse.topology.api import latest_edges
 
-Entity = Literal["service", "operation", "sql", "error"]
+Entity = Literal["service", "operation", "sql", "edge", "error"]
 By = Literal["p99", "calls", "errors", "error_rate", "total_time"]
 Format = Literal["json", "csv"]
 MAX_N = 100
@@ -41,6 +42,7 @@ DEFAULT_BY: dict[str, By] = {
     "service": "total_time",
     "operation": "total_time",
     "sql": "total_time",
+    "edge": "total_time",
     "error": "errors",
 }
 # Failing operations are ranked by how much they fail, nothing else.
@@ -48,6 +50,7 @@ ALLOWED_BY: dict[str, tuple[str, ...]] = {
     "service": ("p99", "calls", "errors", "error_rate", "total_time"),
     "operation": ("p99", "calls", "errors", "error_rate", "total_time"),
     "sql": ("p99", "calls", "errors", "error_rate", "total_time"),
+    "edge": ("p99", "calls", "errors", "error_rate", "total_time"),
     "error": ("errors", "error_rate"),
 }
 
@@ -66,6 +69,7 @@ ID_COLUMNS: dict[str, tuple[str, ...]] = {
     "operation": ("service", "operation", "kind"),
     "error": ("service", "operation", "kind"),
     "sql": ("fingerprint", "statement", "db_system"),
+    "edge": ("source", "target", "type"),
 }
 METRIC_COLUMNS = (
     "calls",
@@ -126,11 +130,33 @@ ORDER BY __ORDER_BY__ DESC, calls DESC, fingerprint, db_system
 LIMIT {{n:UInt32}}
 """
 
+# Latency of an edge as its caller saw it (the client span); `user` edges have only the
+# server side (root spans), so theirs is the server's.
+_EDGE_SQL = f"""
+SELECT
+    Source AS source,
+    Target AS target,
+    ConnectionType AS type,
+    sum(Calls) AS calls,
+    sum(Errors) AS errors,
+    if(type = 'user', sum(ServerDurationSum), sum(ClientDurationSum)) AS total_ns,
+    if(type = 'user',
+        quantilesTDigestMerge(0.5, 0.95, 0.99)(ServerLatency),
+        quantilesTDigestMerge(0.5, 0.95, 0.99)(ClientLatency)) AS quantiles
+FROM ({latest_edges()})
+WHERE Version = LatestVersion
+GROUP BY source, target, type
+HAVING calls > 0
+ORDER BY __ORDER_BY__ DESC, calls DESC, source, target, type
+LIMIT {{n:UInt32}}
+"""
+
 _TEMPLATES: dict[str, str] = {
     "service": _SERVICE_SQL,
     "operation": _OPERATION_SQL.replace("__HAVING__", "calls > 0"),
     "error": _OPERATION_SQL.replace("__HAVING__", "calls > 0 AND errors > 0"),
     "sql": _SQL_SQL,
+    "edge": _EDGE_SQL,
 }
 
 # Every statement the endpoint can run, by (entity, by).
@@ -197,7 +223,10 @@ def router(client: Any) -> APIRouter:
         span_range: Annotated[TimeRange, Depends(time_range)],
         entity: Annotated[
             Entity,
-            Query(description="what is ranked: service, operation, sql (fingerprint) or error"),
+            Query(
+                description="what is ranked: service, operation, sql (fingerprint), edge "
+                "(caller → callee) or error"
+            ),
         ] = "service",
         by: Annotated[
             By | None,
@@ -213,7 +242,7 @@ def router(client: Any) -> APIRouter:
             Query(
                 description=KIND_DESCRIPTION
                 + "; default entry for entity=service, all for operation and error; "
-                "not accepted for sql"
+                "not accepted for sql and edge"
             ),
         ] = None,
         output: Annotated[
@@ -227,6 +256,9 @@ def router(client: Any) -> APIRouter:
           ``/services`` counts them.
         - ``operation``: per service, span name and kind.
         - ``sql``: per SQL fingerprint and database system, with the normalized statement.
+        - ``edge``: per service-graph edge (``source`` → ``target``, ``type`` service,
+          database, messaging, external or user), latency as the caller saw it (the server's
+          for ``user`` edges, root spans); from the worker's ``otel_edges_1m``.
         - ``error``: operations with at least one error, ranked by ``errors`` or
           ``error_rate``.
 
@@ -235,9 +267,8 @@ def router(client: Any) -> APIRouter:
         Ties are broken by more calls, then by the identifying columns. ``format=csv``
         returns the same rows as ``text/csv`` with a header row.
 
-        Read from the minute rollups ``otel_red_1m`` and ``otel_db_1m``: the range is widened
-        to whole minutes (``start``/``end`` in the answer). Service-to-service edges
-        (``entity=edge``) are not offered until the topology rollup exists.
+        Read from the minute rollups (``otel_red_1m``, ``otel_db_1m``, ``otel_edges_1m``):
+        the range is widened to whole minutes (``start``/``end`` in the answer).
         """
         ranking: By = by if by is not None else DEFAULT_BY[entity]
         if ranking not in ALLOWED_BY[entity]:
@@ -246,9 +277,9 @@ def router(client: Any) -> APIRouter:
                 f"{ranking!r} does not rank entity={entity}: use "
                 + " or ".join(ALLOWED_BY[entity]),
             )
-        if entity == "sql":
+        if entity in ("sql", "edge"):
             if kind is not None:
-                raise invalid("kind", "entity=sql has no span kind")
+                raise invalid("kind", f"entity={entity} has no span kind")
             selected: list[str] = []
         else:
             selected = kinds("kind", kind, DEFAULT_KIND[entity])

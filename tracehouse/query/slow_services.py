@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from tracehouse.query._rollups import ENTRY_KINDS, MinuteWindow, minute_window, ms, quantiles_ms
 from tracehouse.query.params import TimeRange, invalid, time_range
+from tracehouse.topology.api import latest_edges
 
 Baseline = Literal["previous", "day"]
 CauseType = Literal["edge", "sql", "self"]
@@ -55,6 +56,11 @@ _WINDOWS = """
     AS Current,
     Minute >= fromUnixTimestamp({base_start:Int64}) AND Minute < fromUnixTimestamp({base_end:Int64})
     AS Base"""
+
+_EITHER_WINDOW = """(
+        (Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64}))
+        OR (Minute >= fromUnixTimestamp({base_start:Int64})
+            AND Minute < fromUnixTimestamp({base_end:Int64})))"""
 
 # Entry spans per service (operation '') and per service and operation, window and baseline.
 RED_SQL = f"""
@@ -87,15 +93,7 @@ SELECT
     sumIf(ClientDurationSum, Current) AS total_ns,
     sumIf(Calls, Base) AS base_calls,
     sumIf(ClientDurationSum, Base) AS base_total_ns
-FROM (
-    SELECT Minute, Source, Target, ConnectionType, Calls, ClientDurationSum, Version,
-           max(Version) OVER (PARTITION BY Minute) AS LatestVersion
-    FROM otel_edges_1m FINAL
-    WHERE ((Minute >= fromUnixTimestamp({{start:Int64}})
-            AND Minute < fromUnixTimestamp({{end:Int64}}))
-        OR (Minute >= fromUnixTimestamp({{base_start:Int64}})
-            AND Minute < fromUnixTimestamp({{base_end:Int64}})))
-)
+FROM ({latest_edges(_EITHER_WINDOW)})
 WHERE Version = LatestVersion
   AND has({{services:Array(String)}}, Source)
   AND ConnectionType IN ('service', 'messaging', 'external')

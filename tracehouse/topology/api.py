@@ -34,15 +34,26 @@ MAX_DEPTH = 10
 # Positions come from networkx's multipartite layout (one column per hop from the entry
 # points), rescaled into [0, 1]; the same graph always gets the same coordinates.
 
-# Each minute's edges as of its latest recomputation (FINAL: the newest row per key; the
-# window function: drop keys a later run of that minute no longer produced).
-_LATEST_EDGES = """
-    SELECT Source, Target, ConnectionType, Calls, Errors, ClientLatency, ServerLatency,
+_IN_WINDOW = (
+    "Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64})"
+)
+
+
+def latest_edges(minutes: str = _IN_WINDOW) -> str:
+    """A subquery: each minute's edges as of its latest recomputation (FINAL: the newest row
+    per key; the window function: drop keys a later run of that minute no longer produced),
+    for the minutes the condition ``minutes`` selects. Readers keep ``Version =
+    LatestVersion``."""
+    return f"""
+    SELECT Minute, Source, Target, ConnectionType, Calls, Errors, ClientLatency, ServerLatency,
            ClientDurationSum, ServerDurationSum, Version,
            max(Version) OVER (PARTITION BY Minute) AS LatestVersion
     FROM otel_edges_1m FINAL
-    WHERE Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64})
+    WHERE {minutes}
 """
+
+
+_LATEST_EDGES = latest_edges()
 
 EDGES_SQL = f"""
 SELECT
