@@ -42,7 +42,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from tests.conftest import ServerFactory, query
 from tracehouse.app import Tracehouse
-from tracehouse.query import reports
+from tracehouse.query import _rollups, reports
 from tracehouse.topology import EdgeBuilder
 
 MS = 1_000_000
@@ -257,7 +257,7 @@ def test_services_of_all_kinds(apm: Apm) -> None:
 
 def test_operations_by_calls_with_ties_broken_by_name(apm: Apm) -> None:
     body = apm.ok(entity="operation", by="calls")
-    assert body["kinds"] == list(reports.kinds("kind", "all", "all"))
+    assert body["kinds"] == list(_rollups.kinds("kind", "all", "all"))
     assert _ids(apm, body) == [
         ("api", "SELECT items", "client"),
         ("web", "GET /", "server"),  # 30 calls each: by service, operation, kind
