@@ -175,7 +175,7 @@ class Tracehouse:
         return [lambda: EdgeWorker(EdgeBuilder(edges_client), interval_s=15.0)]
 
     def _start_worker(self) -> None:
-        """Run the worker jobs while this process leads (docs/decisions/0011); without
+        """Run the worker jobs while this process leads (docs/decisions/0012); without
         leader election (embedded: one process owns the data), always."""
         s = self.settings
         leadership: Leadership = AlwaysLeader()

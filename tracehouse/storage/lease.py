@@ -6,7 +6,7 @@ MergeTree tables, so the protocol relies only on what a single ClickHouse server
 cluster mode, quorum inserts read with sequential consistency) does guarantee — a row whose
 ``INSERT`` has returned is seen by every later ``SELECT`` — plus bounded timing, checked
 where it is measured. The protocol and its safety argument are in
-``docs/decisions/0011-leader-election.md``; in short:
+``docs/decisions/0012-leader-election.md``; in short:
 
 - **Claim** (Fischer's mutual exclusion, with rows): a follower that has seen the latest term
   unchanged for ``lease_s`` (or released) re-reads it, and if it is still the same inserts a
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 LEASES_TABLE = "tracehouse_leases"
 
 # Coordination rows, not telemetry: created by the elector itself (like the migrations
-# table by the migrator) because the engine depends on the deployment, see decision 0011.
+# table by the migrator) because the engine depends on the deployment, see decision 0012.
 # Rows older than a week expire; an idle lease table then starts again at term 1.
 _CREATE_LEASES = Template(
     """CREATE TABLE IF NOT EXISTS tracehouse_leases $on_cluster (
