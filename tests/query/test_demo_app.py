@@ -206,6 +206,41 @@ def test_sql_ranks_the_slow_fingerprint_first_by_total_time(demo: Demo) -> None:
     assert totals == sorted(totals, reverse=True)
 
 
+def test_inventory_is_slow_because_of_the_slow_statement(demo: Demo) -> None:
+    run = demo.run
+    calls = run.sql("slow")
+    # Below every slow statement's own duration, so inventory's p99 is above it however fast
+    # the machine; far above every other statement.
+    threshold_ms = min(call.duration_ns for call in calls) / MS / 2
+    body = demo.api("/slow-services", threshold_ms=str(threshold_ms), limit="200")
+    items = {
+        (item["service"], item["operation"]): item
+        for item in body["items"]
+        if item["service"] in demo.mine
+    }
+    f, c, i = (demo.s(r) for r in ("frontend", "checkout", "inventory"))
+    assert {f, c, i} <= {service for service, _ in items}
+
+    inventory = items[(i, None)]
+    assert inventory["reasons"] == ["threshold"]  # a new service: no baseline
+    assert inventory["calls"] == demo.server_spans("inventory")[0]
+    cause = inventory["cause"]
+    sql = demo.api("/sql", service=i)["statements"][0]
+    assert (cause["type"], cause["statement"], cause["db_system"]) == (
+        "sql",
+        NORMALIZED["slow"],
+        "sqlite",
+    )
+    assert cause["fingerprint"] == sql["fingerprint"]
+    assert cause["calls"] == len(calls)
+    slowest = max(calls, key=lambda call: call.duration_ns)
+    assert cause["exemplar_trace_ids"][0] == slowest.trace_id
+    assert set(cause["exemplar_trace_ids"]) <= {call.trace_id for call in calls}
+    # The blame runs down the call chain: frontend waits on checkout, checkout on inventory.
+    assert (items[(f, None)]["cause"]["type"], items[(f, None)]["cause"]["target"]) == ("edge", c)
+    assert (items[(c, None)]["cause"]["type"], items[(c, None)]["cause"]["target"]) == ("edge", i)
+
+
 def test_top_errors_rank_payment(demo: Demo) -> None:
     p, c = demo.s("payment"), demo.s("checkout")
     report = demo.api("/reports/top", entity="error", by="error_rate", n="100")
