@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from tracehouse import __version__, ingest, storage
 from tracehouse.config import Settings
+from tracehouse.dashboards import ui_router
 from tracehouse.ingest import IngestPipeline, OtlpReceiver, PipelineLimits, Sink, Spool
 from tracehouse.query import SlowServiceDefaults, health_router, jaeger_router, read_router
 from tracehouse.storage.lease import (
@@ -237,6 +238,7 @@ class Tracehouse:
             )
             app.include_router(read_router(self.client, slow))
             app.include_router(jaeger_router(self.client))
+            app.include_router(ui_router())  # the web UI: / and /ui/*
         return app
 
     def _readiness(self) -> str | None:
