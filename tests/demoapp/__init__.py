@@ -18,7 +18,7 @@ or gRPC), call each other over real HTTP on 127.0.0.1 with W3C trace context::
   ``db.system.name=sqlite``, ``db.query.text``, ``db.operation.name`` (instrumented by hand:
   docs/decisions/0011-demo-app.md): per order a lookup, an update and an insert whose literals
   differ per call, and for recommendations an ``IN`` list of varying length plus a
-  deliberately slow recursive CTE (sized at start to take about 0.5 s, at least 500,000
+  deliberately slow recursive CTE (sized at start to take about 0.35 s, at least 300,000
   rows), so the slow statement's fingerprint has by far the largest total time.
 
 Public API (used by the query and UI tests; keep it stable)::

@@ -185,7 +185,7 @@ def run_demo(
     protocol: str = "http",
     *,
     run_id: str | None = None,
-    recommend_every: int = 3,
+    recommend_every: int = 4,
 ) -> DemoRun:
     """Run the demo application against a tracehouse and return what it did.
 

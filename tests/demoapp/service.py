@@ -80,8 +80,8 @@ SLOW_SQL = (
     "WITH RECURSIVE seq(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM seq WHERE n < {rows}) "
     "SELECT count(*) FROM seq WHERE n % 7 = {remainder}"
 )
-SLOW_TARGET_S = 0.5
-SLOW_MIN_ROWS = 500_000
+SLOW_TARGET_S = 0.35
+SLOW_MIN_ROWS = 300_000
 # The other statements. Values are written into the text on purpose, as many applications
 # do, so that the same statement shape arrives with different literals (all values are ints
 # made here, or an order id of hex digits).
@@ -245,7 +245,7 @@ class Inventory:
         return {"reserved": True, "price_cents": found[0][1] * qty}
 
     def recommendations(self, item: int) -> dict[str, Any]:
-        related = [(item * k) % ITEMS + 1 for k in range(2, 2 + item % 4 + 1)]
+        related = [(item * k) % ITEMS + 1 for k in range(2, 2 + item % 5 + 1)]
         ids = ", ".join(str(i) for i in related)
         rows = self.run("related", RELATED_SQL.format(ids=ids), "SELECT", "stock")
         (score,) = self.run(

@@ -96,12 +96,14 @@ def test_the_run_did_what_the_assertions_rely_on(demo: Demo) -> None:
         "lookup": 12,
         "reserve": 12,
         "record": 12,
-        "related": 4,
-        "slow": 4,
+        "related": 3,
+        "slow": 3,
     }
-    # The same statements arrived with different literals: fingerprinting has work to do.
+    # The same statements arrived with different literals, IN-lists of different lengths:
+    # fingerprinting has work to do.
     assert len({call.statement for call in run.sql("lookup")}) == 12
-    assert len({call.statement for call in run.sql("related")}) == 4
+    assert len({call.statement for call in run.sql("slow")}) > 1
+    assert len({call.statement.count(",") for call in run.sql("related")}) == 3
 
 
 def test_every_span_is_stored_in_the_trace_of_its_request(demo: Demo) -> None:
