@@ -358,3 +358,19 @@ def test_the_demo_over_grpc_lands_too(make_module_server: ServerFactory) -> None
         assert set(trace["services"]) == set(run.services.values())
         counts.append(trace["spanCount"])
     assert sum(counts) == sum(run.spans_exported.values())
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"rounds": 0}, "rounds"),
+        ({"protocol": "http/json"}, "protocol"),
+        ({"recommend_every": 0}, "recommend_every"),
+    ],
+    ids=["no-rounds", "unknown-protocol", "no-recommendations"],
+)
+def test_run_demo_refuses_bad_arguments_before_starting_anything(
+    arguments: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ValueError, match=named):
+        run_demo("http://127.0.0.1:9", **arguments)
