@@ -155,11 +155,7 @@ class Tracehouse:
         log.info("tracehouse stopped")
 
     def schema_options(self) -> storage.SchemaOptions:
-        return storage.SchemaOptions(
-            cluster=self.settings.cluster,
-            traces_retention_days=self.settings.traces_retention_days,
-            logs_retention_days=self.settings.logs_retention_days,
-        )
+        return self.settings.schema_options()
 
     @property
     def edges(self) -> EdgeWorker | None:

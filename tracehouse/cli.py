@@ -95,11 +95,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     _setup_logging(settings.log_level)
-    options = storage.SchemaOptions(
-        cluster=settings.cluster,
-        traces_retention_days=settings.traces_retention_days,
-        logs_retention_days=settings.logs_retention_days,
-    )
+    options = settings.schema_options()
     if args.print:
         for statement in storage.all_statements(options):
             print(statement + ";\n")

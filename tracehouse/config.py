@@ -19,6 +19,12 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from tracehouse.storage.schema import (
+    DEFAULT_SLOW_SQL_THRESHOLDS,
+    SchemaOptions,
+    parse_slow_sql_thresholds,
+)
+
 Role = Literal["ingest", "query", "worker"]
 ALL_ROLES: tuple[Role, ...] = ("ingest", "query", "worker")
 MiB = 1024 * 1024
@@ -74,6 +80,11 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="claim settle delay and step-down margin"
     )
 
+    slow_sql_thresholds: str = Field(
+        default=DEFAULT_SLOW_SQL_THRESHOLDS,
+        description="a database call at least this slow (ms) is slow, per db.system, in "
+        "SkyWalking's form default:200,redis:10; applies to calls stored from then on",
+    )
     slow_service_p99_ms: float = Field(
         default=1000.0, gt=0, description="/slow-services: a p99 above this is slow"
     )
@@ -85,6 +96,12 @@ class Settings(BaseSettings):
     )
 
     log_level: str = "INFO"
+
+    @field_validator("slow_sql_thresholds")
+    @classmethod
+    def _check_slow_sql_thresholds(cls, value: str) -> str:
+        parse_slow_sql_thresholds(value)
+        return value
 
     @field_validator("roles", mode="before")
     @classmethod
@@ -126,6 +143,17 @@ class Settings(BaseSettings):
     @property
     def resolved_spool_dir(self) -> Path:
         return self.spool_dir if self.spool_dir is not None else self.data_dir / "spool"
+
+    def schema_options(self) -> SchemaOptions:
+        """What of this configuration shapes the DDL (``migrate``, and the start)."""
+        default_ms, per_system = parse_slow_sql_thresholds(self.slow_sql_thresholds)
+        return SchemaOptions(
+            cluster=self.cluster,
+            traces_retention_days=self.traces_retention_days,
+            logs_retention_days=self.logs_retention_days,
+            slow_sql_default_ms=default_ms,
+            slow_sql_ms=per_system,
+        )
 
     @property
     def embedded(self) -> bool:

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 
 from tests.storage.test_schema import _creatable_without_a_cluster
+from tracehouse.config import Settings
 from tracehouse.query import services, sql
 from tracehouse.storage import Migrator, SchemaOptions, all_statements, connect, conventions
+from tracehouse.storage.schema import parse_slow_sql_thresholds
 
 DATA = Path(__file__).parent.parent / "data"
 COLLECTOR_COLUMNS = json.loads((DATA / "collector_schema.json").read_text())["otel_traces"][
@@ -287,6 +289,67 @@ def test_db_rollup_counts_slow_calls_per_system_threshold(
         s=service,
     )
     assert (calls, slow_calls, threshold) == (len(durations_ms), slow, threshold_ms)
+
+
+_SLOW_OF_SERVICE = (
+    "SELECT sum(SlowCalls), max(SlowThresholdMs) FROM otel_db_1m WHERE ServiceName = {s:String}"
+)
+
+
+def _slow(db: Any, service: str, system: str, durations_ms: list[float]) -> tuple[int, int]:
+    """Insert calls to ``system``; (slow calls, threshold) of the service's rollup rows."""
+    attributes = {"db.system.name": system, "db.query.text": "SELECT 1"}
+    rows = [
+        _db_span(service, attributes, duration_ms=d, second=i) for i, d in enumerate(durations_ms)
+    ]
+    _insert_as_collector(db, rows)
+    ((slow_calls, threshold),) = _rows(
+        db,
+        _SLOW_OF_SERVICE,
+        s=service,
+    )
+    return int(slow_calls), int(threshold)
+
+
+def test_slow_sql_thresholds_come_from_the_configuration_and_follow_its_changes(
+    engine_url: str,
+) -> None:
+    client, name = _open_database(engine_url)
+    try:
+        default, systems = parse_slow_sql_thresholds("default:50, MySQL:20, redis:5")
+        assert (default, systems) == (50, (("mysql", 20), ("redis", 5)))
+        options = SchemaOptions(slow_sql_default_ms=default, slow_sql_ms=systems)
+        Migrator(client, options).migrate()
+        ((view,),) = _rows(
+            client,
+            "SELECT create_table_query FROM system.tables WHERE name = 'otel_db_1m_mv' "
+            "AND database = currentDatabase()",
+        )
+        assert options.slow_sql_expression() in view  # as ClickHouse prints it: no re-render
+        first = f"svc-{uuid.uuid4().hex[:12]}"
+        assert _slow(client, first, "mysql", [19, 21]) == (1, 20)
+        assert _slow(client, f"{first}-pg", "postgresql", [49, 51, 300]) == (2, 50)
+
+        # Changed thresholds: the next migrate re-renders the view; stored minutes keep theirs.
+        changed = SchemaOptions(slow_sql_default_ms=400, slow_sql_ms=(("mysql", 1),))
+        assert Migrator(client, changed).migrate() == []
+        assert _slow(client, f"{first}-2", "postgresql", [49, 51, 300]) == (0, 400)
+        assert _slow(client, f"{first}-3", "mysql", [2]) == (1, 1)
+        assert _rows(client, _SLOW_OF_SERVICE, s=first) == [(1, 20)]
+    finally:
+        client.command(f"DROP DATABASE IF EXISTS {name} SYNC")
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["default=200", "redis:", "redis:ten", ":10", "redis:0", "redis:-1", "redis:5000"],
+)
+def test_bad_slow_sql_thresholds_are_refused_naming_the_form(text: str) -> None:
+    with pytest.raises(ValueError, match="slow SQL threshold"):
+        parse_slow_sql_thresholds(text)
+    with pytest.raises(ValueError, match="slow SQL threshold"):
+        Settings(slow_sql_thresholds=text)
 
 
 def test_db_rollup_keeps_exemplar_and_slowest_trace_ids(db: Any, service: str) -> None:

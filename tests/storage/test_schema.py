@@ -57,6 +57,7 @@ MIGRATION_NAMES = [
     "0004_rollups",
     "0005_edges",
     "0008_edge_durations",
+    "0009_db_slow_thresholds",
 ]
 CLUSTER = "tracehouse"
 
@@ -471,6 +472,7 @@ def test_every_cluster_statement_parses_and_runs_on_the_cluster(client: Any, clu
         "otel_edges_1m",
         "ALTER otel_edges_1m_local",
         "ALTER otel_edges_1m",
+        "ALTER otel_db_1m_mv",
     ]
     on_cluster = re.compile(rf"\bON CLUSTER `?{re.escape(cluster)}`?\s")
     assert [name for name, sql in formatted.items() if not on_cluster.search(sql)] == []
@@ -589,6 +591,7 @@ def test_single_node_statements_parse_and_have_no_cluster_parts(client: Any) -> 
         "otel_db_1m_mv",
         "otel_edges_1m",
         "ALTER otel_edges_1m",
+        "ALTER otel_db_1m_mv",
     ]
     for name, sql in formatted.items():
         assert "ON CLUSTER" not in sql, name

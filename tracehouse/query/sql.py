@@ -140,9 +140,10 @@ def router(client: Any) -> APIRouter:
     ) -> StatementsPage:
         """Database statements by SQL fingerprint: one row per (fingerprint, db system,
         namespace) with the normalized statement, a sample with its literals, calls, errors,
-        slow calls (at or above ``slow_threshold_ms``: 10 ms for redis and memcached, 200 ms
-        otherwise), latency p50/p95/p99/avg/max and total time in ms, the calling services
-        and up to six exemplar trace ids (the slowest call's first).
+        slow calls (at or above ``slow_threshold_ms``: the configured ``slow_sql_thresholds``
+        for the db system, by default 10 ms for redis and memcached and 200 ms otherwise),
+        latency p50/p95/p99/avg/max and total time in ms, the calling services and up to six
+        exemplar trace ids (the slowest call's first).
 
         Read from the minute rollup: the range is widened to whole minutes (``start``/``end``
         in the answer). ``limit`` 1 to 500; a bad ``sort`` or ``limit`` is a 422 naming it.

@@ -39,6 +39,8 @@ _ENGINES = {
 }
 # Engine parameters after the replication path and replica (the version column).
 _ENGINE_ARGS = {"otel_edges_1m": "Version"}
+# The migration whose view query carries the slow SQL thresholds (re-run when they change).
+_SLOW_SQL_MIGRATION = "db_slow_thresholds"
 _TTL_DAYS = re.compile(r"TTL .*?toIntervalDay\((\d+)\)")
 
 
@@ -53,13 +55,51 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()[:16]
 
 
+DEFAULT_SLOW_SQL_THRESHOLDS = "default:200,redis:10,memcached:10"
+
+
+def parse_slow_sql_thresholds(text: str) -> tuple[int, tuple[tuple[str, int], ...]]:
+    """``default:200,redis:10`` (SkyWalking's form, ms per ``db.system``) as the default
+    threshold and the per-system ones, sorted. ValueError names what is wrong."""
+    default = 200
+    systems: dict[str, int] = {}
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition(":")
+        name = name.strip().lower()
+        if not sep or not name or not value.strip().isdigit():
+            raise ValueError(
+                f"slow SQL threshold {part.strip()!r} is not <db.system>:<ms> "
+                f"(e.g. {DEFAULT_SLOW_SQL_THRESHOLDS})"
+            )
+        ms = int(value)
+        if not 0 < ms < 2**32 // 1_000_000:
+            raise ValueError(f"slow SQL threshold {part.strip()!r}: ms must be 1..4294")
+        if name == "default":
+            default = ms
+        else:
+            systems[name] = ms
+    return default, tuple(sorted(systems.items()))
+
+
 @dataclass(frozen=True)
 class SchemaOptions:
-    """What shapes the DDL: the cluster (None for one node) and retention per signal."""
+    """What shapes the DDL: the cluster (None for one node), retention per signal, and the
+    slow-call thresholds of database calls (ms; per ``db.system``, and for all others)."""
 
     cluster: str | None = None
     traces_retention_days: int = 0
     logs_retention_days: int = 0
+    slow_sql_default_ms: int = 200
+    slow_sql_ms: tuple[tuple[str, int], ...] = (("memcached", 10), ("redis", 10))
+
+    def slow_sql_expression(self) -> str:
+        """The view's threshold of a call to database ``SystemName``, as ClickHouse prints it
+        (so that a view already using it is recognised)."""
+        names = ", ".join(quote_string(name) for name, _ in self.slow_sql_ms) or "''"
+        values = ", ".join(str(ms) for _, ms in self.slow_sql_ms) or str(self.slow_sql_default_ms)
+        return f"transform(SystemName, [{names}], [{values}], {self.slow_sql_default_ms})"
 
     def retention_days(self, table: str) -> int:
         return self.logs_retention_days if table == "otel_logs" else self.traces_retention_days
@@ -89,6 +129,10 @@ def quote_identifier(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
+def quote_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def load_migrations() -> list[Migration]:
     """The migrations shipped with this version, in order."""
     found = []
@@ -107,6 +151,7 @@ def render(migration: Migration, options: SchemaOptions) -> list[str]:
         # Lets a spool replay carry an insert_deduplication_token on a single node too;
         # replicated tables deduplicate through Keeper by default.
         "dedup_setting": "" if options.cluster else ", non_replicated_deduplication_window = 1000",
+        "slow_sql_threshold_ms": options.slow_sql_expression(),
     }
     for table in _TTL_COLUMNS:
         values[table] = options.local_name(table)
@@ -190,12 +235,29 @@ class Migrator:
             )
             applied.append(f"{migration.version:04d}_{migration.name}")
         self.reconcile_retention()
+        self.reconcile_slow_sql_thresholds()
         return applied
 
     def pending(self) -> list[Migration]:
         self._client.command(migrations_table_ddl(self._options))
         done = self.applied_versions()
         return [m for m in load_migrations() if m.version not in done]
+
+    def reconcile_slow_sql_thresholds(self) -> None:
+        """Make the database-call view count slow calls with the configured thresholds: the
+        view of migration 0009 is re-rendered when its thresholds differ. Minutes already
+        rolled up keep the thresholds they were counted with (``SlowThresholdMs``)."""
+        rows = self._client.query(
+            "SELECT create_table_query FROM system.tables "
+            "WHERE database = currentDatabase() AND name = 'otel_db_1m_mv'"
+        ).result_rows
+        wanted = self._options.slow_sql_expression()
+        if not rows or wanted in rows[0][0]:
+            return
+        (view,) = [m for m in load_migrations() if m.name == _SLOW_SQL_MIGRATION]
+        log.info("slow SQL thresholds of otel_db_1m_mv: %s", wanted)
+        for statement in render(view, self._options):
+            self._client.command(statement)
 
     def reconcile_retention(self) -> None:
         """Make each table's TTL match the configured retention (changed settings apply here)."""
