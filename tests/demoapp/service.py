@@ -47,12 +47,6 @@ from typing import Any
 import httpx
 import uvicorn
 from opentelemetry import trace
-from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
-    OTLPSpanExporter as GrpcSpanExporter,
-)
-from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-    OTLPSpanExporter as HttpSpanExporter,
-)
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 from opentelemetry.instrumentation.propagators import (
@@ -153,10 +147,19 @@ class OperationCounter(SpanProcessor):
 def tracer_provider(
     service: str, endpoint: str, protocol: str
 ) -> tuple[TracerProvider, CountingExporter, OperationCounter]:
+    # Only the exporter in use is imported: each costs import time in all four processes.
     exporter: SpanExporter
     if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcSpanExporter,
+        )
+
         exporter = GrpcSpanExporter(endpoint=endpoint, insecure=True)
     else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+
         exporter = HttpSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")
     counting = CountingExporter(exporter)
     counter = OperationCounter()

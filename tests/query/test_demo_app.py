@@ -11,6 +11,7 @@ engine do not interfere; the virtual database node ``sqlite`` is shared by all r
 from __future__ import annotations
 
 import datetime as dt
+import socket
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerFactory
-from tests.demoapp import DemoRun, run_demo
+from tests.demoapp import DemoError, DemoRun, run_demo
 from tracehouse.app import Tracehouse
 from tracehouse.topology import EdgeBuilder
 
@@ -374,3 +375,13 @@ def test_run_demo_refuses_bad_arguments_before_starting_anything(
 ) -> None:
     with pytest.raises(ValueError, match=named):
         run_demo("http://127.0.0.1:9", **arguments)
+
+
+def test_run_demo_fails_when_spans_are_not_delivered(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A port nothing listens on: every export fails (quickly, with a one-second timeout).
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "1")
+    with pytest.raises(DemoError, match=r"ended \d+ spans but exported 0 \(\d+ failed\)"):
+        run_demo(f"http://127.0.0.1:{port}", rounds=1)
