@@ -31,6 +31,7 @@ from tracehouse.storage.lease import (
     LeaderGate,
     Leadership,
 )
+from tracehouse.storage.schema import load_migrations
 from tracehouse.topology import EdgeBuilder, EdgeWorker
 
 log = logging.getLogger(__name__)
@@ -238,6 +239,10 @@ class Tracehouse:
         return app
 
     def _readiness(self) -> str | None:
+        if not self._migrated and self.client is not None:
+            # Another process (`tracehouse migrate`, a Kubernetes Job) may have applied the
+            # migrations since this one started: look again until it has.
+            self._migrated = self._schema_is_current()
         if not self._migrated:
             return "schema migrations pending: run `tracehouse migrate`"
         if self.client is None:
@@ -249,6 +254,13 @@ class Tracehouse:
         if self.pipeline is not None and self.pipeline.degraded:
             return "ClickHouse inserts failing; ingest keeps accepting into the spool"
         return None
+
+    def _schema_is_current(self) -> bool:
+        try:
+            applied = storage.Migrator(self.client, self.schema_options()).applied_versions()
+        except Exception:  # no migrations table yet, or ClickHouse unreachable
+            return False
+        return {m.version for m in load_migrations()} <= applied
 
     def _serve_asgi(self, apps: list[tuple[Any, socket.socket]]) -> None:
         for app, _ in apps:
