@@ -364,7 +364,17 @@ class _Api:
         self.conn.close()
 
 
-def _time_api(api: _Api, probe: Probe, window: Window, runs: int) -> Timing:
+def _time_api(port: int, probe: Probe, window: Window, runs: int) -> Timing:
+    # A fresh connection per row: the server closes idle keep-alive connections after 5 s,
+    # and the raw scans of the row before can take longer than that.
+    api = _Api(port)
+    try:
+        return _time_runs(api, probe, window, runs)
+    finally:
+        api.close()
+
+
+def _time_runs(api: _Api, probe: Probe, window: Window, runs: int) -> Timing:
     timing = Timing()
     for run in range(-1, runs):  # run -1 warms up
         elapsed, status, body = api.get(probe.path(window, run))
@@ -586,28 +596,26 @@ def _bench(args: argparse.Namespace, app: Any) -> int:
     trace_ids = [r[0] for r in client.query(SAMPLE_TRACE_IDS_SQL, parameters={"n": 50}).result_rows]
     api = _Api(app.ports.api)
     paths = json.loads(api.get("/openapi.json")[2])["paths"]
+    api.close()
     rows: list[Row] = []
+    load_before = os.getloadavg()[0]
     print(f"\ntiming {args.runs} API runs and {args.raw_runs} raw runs per row …", flush=True)
-    try:
-        for probe in probes(trace_ids, "/api/v1/slow-services" in paths):
-            for window in windows if probe.windowed else windows[:1]:
-                label = window.label if probe.windowed else "-"
-                try:
-                    timing = _time_api(api, probe, window, args.runs)
-                    raw = None
-                    if probe.raw_sql is not None and args.raw_runs:
-                        raw = _time_raw(client, probe, window, args.raw_runs)
-                    row = Row(probe, label, timing, raw)
-                    if timing.rows == 0:
-                        row.error = "EMPTY"
-                except Exception as exc:  # report the failure in the table and go on
-                    api.close()
-                    api = _Api(app.ports.api)
-                    row = Row(probe, label, Timing(), None, error=f"FAILED: {exc}"[:200])
-                rows.append(row)
-                print("  " + " | ".join(_cells(row)), flush=True)
-    finally:
-        api.close()
+    for probe in probes(trace_ids, "/api/v1/slow-services" in paths):
+        for window in windows if probe.windowed else windows[:1]:
+            label = window.label if probe.windowed else "-"
+            try:
+                timing = _time_api(app.ports.api, probe, window, args.runs)
+                raw = None
+                if probe.raw_sql is not None and args.raw_runs:
+                    raw = _time_raw(client, probe, window, args.raw_runs)
+                row = Row(probe, label, timing, raw)
+                if timing.rows == 0:
+                    row.error = "EMPTY"
+            except Exception as exc:  # report the failure in the table and go on
+                row = Row(probe, label, Timing(), None, error=f"FAILED: {exc}"[:200])
+            rows.append(row)
+            print("  " + " | ".join(_cells(row)), flush=True)
+    load_after = os.getloadavg()[0]
 
     print("\ntimes in ms; api = GET through the HTTP API (rollups), raw = the same question")
     print("answered by scanning otel_traces; rows = result rows of the answer\n")
@@ -620,5 +628,8 @@ def _bench(args: argparse.Namespace, app: Any) -> int:
             f"edges {seeded.edge_seconds:.1f} s"
         )
     memory = psutil.virtual_memory().total / 2**30
-    print(f"machine: {os.cpu_count()} CPUs, {memory:.0f} GiB, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, {memory:.0f} GiB; load average (1 min) "
+        f"{load_before:.1f} when timing started, {load_after:.1f} when it ended"
+    )
     return 1 if any(row.error for row in rows) else 0
