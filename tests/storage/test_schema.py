@@ -50,6 +50,11 @@ ROLLUPS = {"otel_red_1m": "Minute", "otel_db_1m": "Minute"}
 ROLLUP_VIEWS = {"otel_red_1m": "otel_red_1m_mv", "otel_db_1m": "otel_db_1m_mv"}
 # Service-graph edges (migration 0005), recomputed by the worker (no view); TTL from Minute.
 EDGES = {"otel_edges_1m": "Minute"}
+# Metric points, one table per point type (migration 0010); they follow the traces retention.
+METRICS = {
+    f"otel_metrics_{kind}": "toDateTime(TimeUnix)"
+    for kind in ("gauge", "sum", "histogram", "exponential_histogram", "summary")
+}
 MIGRATION_NAMES = [
     "0001_otel_traces",
     "0002_otel_traces_trace_id_ts",
@@ -58,6 +63,7 @@ MIGRATION_NAMES = [
     "0005_edges",
     "0008_edge_durations",
     "0009_db_slow_thresholds",
+    "0010_otel_metrics",
 ]
 CLUSTER = "tracehouse"
 
@@ -297,6 +303,7 @@ def test_migrate_creates_the_schema_on_an_empty_database(db: Any) -> None:
         "otel_db_1m": "AggregatingMergeTree",
         "otel_db_1m_mv": "MaterializedView",
         "otel_edges_1m": "ReplacingMergeTree",
+        **dict.fromkeys(METRICS, "MergeTree"),
         MIGRATIONS_TABLE: "MergeTree",
     }
     recorded = db.query(
@@ -340,6 +347,7 @@ def test_a_migration_cut_off_half_way_is_applied_again(db: Any) -> None:
         *ROLLUPS,
         *ROLLUP_VIEWS.values(),
         *EDGES,
+        *METRICS,
         MIGRATIONS_TABLE,
     }
     assert Migrator(db, options).pending() == []
@@ -348,7 +356,7 @@ def test_a_migration_cut_off_half_way_is_applied_again(db: Any) -> None:
 # --- 2. the Collector's columns ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("table", list(TABLES))
+@pytest.mark.parametrize("table", [*TABLES, *METRICS])
 def test_collector_columns_have_the_collectors_names_and_types(migrated_db: Any, table: str):
     expected = [
         (c["name"], c["type"], "DEFAULT" if "default" in c else "", c.get("default", ""))
@@ -473,15 +481,16 @@ def test_every_cluster_statement_parses_and_runs_on_the_cluster(client: Any, clu
         "ALTER otel_edges_1m_local",
         "ALTER otel_edges_1m",
         "ALTER otel_db_1m_mv",
+        *[name for table in METRICS for name in (f"{table}_local", table)],
     ]
     on_cluster = re.compile(rf"\bON CLUSTER `?{re.escape(cluster)}`?\s")
     assert [name for name, sql in formatted.items() if not on_cluster.search(sql)] == []
     # Distributed tables name the same cluster.
-    for table in [*TABLES, *ROLLUPS, *EDGES]:
+    for table in [*TABLES, *ROLLUPS, *EDGES, *METRICS]:
         assert re.search(rf"ENGINE = Distributed\(`?{re.escape(cluster)}`?,", formatted[table])
 
 
-@pytest.mark.parametrize("table", [*TABLES, MIGRATIONS_TABLE])
+@pytest.mark.parametrize("table", [*TABLES, *METRICS, MIGRATIONS_TABLE])
 def test_cluster_tables_holding_rows_are_replicated(cluster_ddl: dict[str, str], table: str):
     local = table if table == MIGRATIONS_TABLE else f"{table}_local"
     assert re.search(
@@ -592,6 +601,7 @@ def test_single_node_statements_parse_and_have_no_cluster_parts(client: Any) -> 
         "otel_edges_1m",
         "ALTER otel_edges_1m",
         "ALTER otel_db_1m_mv",
+        *METRICS,
     ]
     for name, sql in formatted.items():
         assert "ON CLUSTER" not in sql, name
@@ -620,7 +630,7 @@ def single_and_cluster(engine_url: str) -> Iterator[tuple[Any, Any]]:
         _drop_database(clustered, clustered_name)
 
 
-@pytest.mark.parametrize("table", [*TABLES, *ROLLUPS, *EDGES])
+@pytest.mark.parametrize("table", [*TABLES, *ROLLUPS, *EDGES, *METRICS])
 def test_single_node_and_cluster_tables_have_the_same_columns(
     single_and_cluster: tuple[Any, Any], table: str
 ) -> None:
@@ -647,9 +657,12 @@ def _retention(traces: int, logs: int) -> SchemaOptions:
     return SchemaOptions(traces_retention_days=traces, logs_retention_days=logs)
 
 
+EXPIRING = [*TABLES, *ROLLUPS, *EDGES, *METRICS]
+
+
 def _expected_ttl(traces: int, logs: int) -> dict[str, tuple[str, int] | None]:
-    """Rollups follow the traces retention."""
-    expiring = {**TABLES, **ROLLUPS, **EDGES}
+    """Rollups and metrics follow the traces retention."""
+    expiring = {**TABLES, **ROLLUPS, **EDGES, **METRICS}
     days = {t: logs if t == "otel_logs" else traces for t in expiring}
     return {t: (expiring[t], days[t]) if days[t] else None for t in expiring}
 
@@ -665,7 +678,7 @@ def _expected_ttl(traces: int, logs: int) -> dict[str, tuple[str, int] | None]:
 def test_retention_follows_the_settings_and_keeps_rows(db: Any, steps: list[tuple[int, int]]):
     first, *changes = steps
     assert Migrator(db, _retention(*first)).migrate() == MIGRATION_NAMES
-    assert {t: _ttl(db, t) for t in [*TABLES, *ROLLUPS, *EDGES]} == _expected_ttl(*first)
+    assert {t: _ttl(db, t) for t in EXPIRING} == _expected_ttl(*first)
 
     trace_id = uuid.uuid4().hex
     _insert_as_collector(db, "otel_traces", _collector_span(trace_id))
@@ -674,7 +687,7 @@ def test_retention_follows_the_settings_and_keeps_rows(db: Any, steps: list[tupl
 
     for traces, logs in changes:
         assert Migrator(db, _retention(traces, logs)).migrate() == []
-        assert {t: _ttl(db, t) for t in [*TABLES, *ROLLUPS, *EDGES]} == _expected_ttl(traces, logs)
+        assert {t: _ttl(db, t) for t in EXPIRING} == _expected_ttl(traces, logs)
         assert {t: _count(db, t, trace_id) for t in TABLES} == dict.fromkeys(TABLES, 1)
 
 

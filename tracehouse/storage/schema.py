@@ -29,6 +29,11 @@ _TTL_COLUMNS = {
     "otel_red_1m": "Minute",
     "otel_db_1m": "Minute",
     "otel_edges_1m": "Minute",
+    "otel_metrics_gauge": "toDateTime(TimeUnix)",
+    "otel_metrics_sum": "toDateTime(TimeUnix)",
+    "otel_metrics_histogram": "toDateTime(TimeUnix)",
+    "otel_metrics_exponential_histogram": "toDateTime(TimeUnix)",
+    "otel_metrics_summary": "toDateTime(TimeUnix)",
 }
 # Engine family of the tables that are not plain MergeTree (Replicated… in cluster mode).
 _ENGINES = {
