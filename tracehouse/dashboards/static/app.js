@@ -76,7 +76,10 @@ function makeContext(page, params) {
   const ctx = {
     page,
     params,
-    window: { start: window.start, end: window.end },
+    // For the API: RFC 3339, which no reader can mistake (epoch numbers can be s or ms).
+    window: { start: new Date(window.start).toISOString(), end: new Date(window.end).toISOString() },
+    // For arithmetic: epoch milliseconds.
+    range: { start: window.start, end: window.end },
     get: (key, fallback = "") => params.get(key) ?? fallback,
     getAll: (key) => params.getAll(key),
     /** A link to another page, keeping the time range and refresh. */

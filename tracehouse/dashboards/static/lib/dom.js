@@ -107,7 +107,7 @@ export function errorState(error) {
   const status = error && error.status ? `HTTP ${error.status}` : "request failed";
   return h(
     "div",
-    { class: "error", role: "alert", "data-state": "error" },
+    { class: "error-box", role: "alert", "data-state": "error" },
     h("strong", { text: `${status}${error && error.path ? ` — ${error.path}` : ""}` }),
     h("p", { text: (error && error.message) || String(error) }),
   );
@@ -257,7 +257,16 @@ export function lineChart({ title, times, series, unit = fmtNum, height = 150 })
   );
   const ticks = times.length ? [0, Math.floor((times.length - 1) / 2), times.length - 1] : [];
   const xAxis = [...new Set(ticks)].map((i) => s("text", { class: "axis", x: x(i), y: height - 6, "text-anchor": i === 0 ? "start" : i === times.length - 1 ? "end" : "middle", text: fmtClock(times[i]) }));
-  const lines = series.map((ser) => s("path", { class: ["series", ser.cls], d: linePath(ser.values, x, y) }));
+  const present = (values, i) => i >= 0 && i < values.length && values[i] !== null && values[i] !== undefined;
+  const lines = series.map((ser) =>
+    s(
+      "g",
+      {},
+      s("path", { class: ["series", ser.cls], d: linePath(ser.values, x, y) }),
+      // A value with no neighbour would be a dot too small to see: mark it.
+      ser.values.map((v, i) => (present(ser.values, i) && !present(ser.values, i - 1) && !present(ser.values, i + 1) ? s("circle", { class: ["point", ser.cls], cx: x(i), cy: y(v), r: 3.5 }) : null)),
+    ),
+  );
   const legend = h("div", { class: "legend" }, series.map((ser) => h("span", { class: ["key", ser.cls] }, ser.label)));
   return h(
     "figure",

@@ -4,7 +4,7 @@ import { api, pool } from "./api.js";
 
 const MINUTE = 60000;
 
-/** Whole-minute buckets covering the window: at most about `max` of them. */
+/** Whole-minute buckets covering the window (epoch ms): at most about `max` of them. */
 export function buckets(window, max = 12) {
   const span = window.end - window.start;
   const size = Math.max(MINUTE, Math.ceil(span / max / MINUTE) * MINUTE);
@@ -21,7 +21,8 @@ export function buckets(window, max = 12) {
  */
 export async function serviceSeries(window, { max = 12, kind } = {}) {
   const cuts = buckets(window, max);
-  const pages = await pool(cuts.map((b) => () => api("/api/v1/services", { start: b.start, end: b.end, kind })));
+  const iso = (ms) => new Date(ms).toISOString();
+  const pages = await pool(cuts.map((b) => () => api("/api/v1/services", { start: iso(b.start), end: iso(b.end), kind })));
   const byService = new Map();
   pages.forEach((page, i) => {
     for (const row of page.services) {

@@ -6,12 +6,14 @@ const ENTITIES = [
   ["service", "services"],
   ["operation", "operations"],
   ["sql", "SQL statements"],
+  ["edge", "service-graph edges"],
   ["error", "failing operations"],
 ];
 const BY = {
   service: ["total_time", "p99", "calls", "errors", "error_rate"],
   operation: ["total_time", "p99", "calls", "errors", "error_rate"],
   sql: ["total_time", "p99", "calls", "errors", "error_rate"],
+  edge: ["total_time", "p99", "calls", "errors", "error_rate"],
   error: ["errors", "error_rate"],
 };
 const BY_LABEL = { total_time: "total time", p99: "p99 latency", calls: "calls", errors: "errors", error_rate: "error rate" };
@@ -36,6 +38,7 @@ export async function render(ctx, root) {
     if (column === "service") return serviceChip(value, ctx.link("service", { name: value }));
     if (column === "operation") return h("a", { href: ctx.link("traces", { service: row.service, operation: value }), text: value });
     if (column === "statement") return h("code", { title: value, text: truncate(value, 110) });
+    if ((column === "source" || column === "target") && value !== "user" && row.type !== undefined && (column === "source" || row.type === "service")) return serviceChip(value, ctx.link("service", { name: value }));
     if (column === "fingerprint") return h("a", { class: "mono", href: ctx.link("sql", { fp: value }), text: value });
     if (column === metric) return h("span", { class: "dur" }, bar(value, top, by.startsWith("error") ? "bad" : ""), (FORMAT[column] || String)(value));
     return FORMAT[column] ? FORMAT[column](value) : value === null ? "–" : String(value);

@@ -99,7 +99,7 @@ function slowBox(ctx, item) {
 }
 
 async function charts(ctx, name) {
-  const series = await serviceSeries(ctx.window);
+  const series = await serviceSeries(ctx.range);
   const points = series.byService.get(name) || series.times.map(() => null);
   const pick = (key) => points.map((p) => (p ? p[key] : null));
   return h(

@@ -66,7 +66,7 @@ export async function render(ctx, root) {
   if (note) body.append(note);
   // Trends come after the table is usable: one small request per time bucket.
   try {
-    const series = await serviceSeries(ctx.window);
+    const series = await serviceSeries(ctx.range);
     for (const [name, cell] of trends) {
       const points = series.byService.get(name) || [];
       const rps = points.map((p) => (p ? p.rps : 0));

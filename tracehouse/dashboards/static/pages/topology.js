@@ -72,6 +72,7 @@ function drawGraph(ctx, graph, slow) {
   const pos = (n) => ({ x: pad.x + n.x * (width - 2 * pad.x), y: pad.y + n.y * (height - 2 * pad.y) });
 
   const panel = h("aside", { class: "graph-panel", hidden: true });
+  const container = h("div", { class: "graph-box" });
   const viewport = s("g", { class: "viewport" });
   const svg = s(
     "svg",
@@ -96,11 +97,13 @@ function drawGraph(ctx, graph, slow) {
     for (const el of svg.querySelectorAll(".selected")) el.classList.remove("selected");
     if (!kind) {
       panel.hidden = true;
+      container.classList.remove("with-panel");
       return;
     }
     const el = svg.querySelector(kind === "edge" ? `[data-edge="${CSS.escape(id)}"]` : `[data-node="${CSS.escape(id)}"]`);
     if (el) el.classList.add("selected");
     panel.hidden = false;
+    container.classList.add("with-panel");
     panel.replaceChildren(kind === "edge" ? edgePanel(ctx, graph.edges.find((e) => edgeKey(e) === id), nodes) : nodePanel(ctx, nodes.get(id), slow), h("button", { type: "button", class: "close", text: "Close", onclick: () => select(null) }));
   };
 
@@ -227,7 +230,7 @@ function drawGraph(ctx, graph, slow) {
     }),
   );
 
-  const container = h("div", { class: "graph-box" }, svg, zoomButtons, legend(), panel);
+  container.append(svg, zoomButtons, legend(), panel);
   const sel = ctx.get("sel");
   if (sel) {
     const at = sel.indexOf(":");

@@ -105,7 +105,7 @@ export async function render(ctx, root) {
         const logCount = logsBySpan.get(span.spanId);
         const row = h(
           "div",
-          { class: ["wf-row", error && "error"], role: "treeitem", "aria-level": depth + 1, "data-span": span.spanId, "data-service": span.service, tabindex: 0, style: { "--hue": hues.get(span.service) } },
+          { class: ["wf-row", error && "wf-error"], role: "treeitem", "aria-level": depth + 1, "data-span": span.spanId, "data-service": span.service, tabindex: 0, style: { "--hue": hues.get(span.service) } },
           h(
             "div",
             { class: "wf-name", style: { paddingLeft: `${depth * 14 + 4}px` }, title: `${span.service}: ${span.name}` },
