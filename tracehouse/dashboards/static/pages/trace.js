@@ -24,6 +24,7 @@ export async function render(ctx, root) {
   const chip = (name, href) => serviceChip(name, href, hues.get(name));
   const total = Number(trace.durationNano) || 1;
   const rows = treeOrder(trace.spans);
+  const byId = new Map(trace.spans.map((sp) => [sp.spanId, sp]));
   const logsBySpan = new Map();
   for (const log of trace.logs) logsBySpan.set(log.spanId, (logsBySpan.get(log.spanId) || 0) + 1);
 
@@ -111,9 +112,9 @@ export async function render(ctx, root) {
             { class: "wf-name", style: { paddingLeft: `${depth * 14 + 4}px` }, title: `${span.service}: ${span.name}` },
             toggle,
             h("span", { class: "dot" }),
-            h("span", { class: "svc", text: span.service }),
+            // The service is named where it changes along the tree: the calls between services.
+            !byId.has(span.parentSpanId) || byId.get(span.parentSpanId).service !== span.service ? h("span", { class: "svc", text: span.service }) : null,
             h("span", { class: "op", text: span.name }),
-            error ? h("span", { class: "badge bad", text: "error" }) : null,
             logCount ? h("span", { class: "badge", title: `${logCount} log records`, text: `${logCount} log${logCount > 1 ? "s" : ""}` }) : null,
           ),
           h(
