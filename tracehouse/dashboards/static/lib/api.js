@@ -55,18 +55,23 @@ function errorMessage(body, text, response) {
 
 let paths = null;
 
-/** Whether this server offers an API path (from its OpenAPI document, fetched once). */
+/**
+ * Whether this server offers an API path, from its OpenAPI document (fetched once). When that
+ * document cannot be read, the answer is true: the caller asks the endpoint itself and treats a
+ * 404 as "not offered".
+ */
 export async function hasPath(path) {
   if (!paths) {
     paths = api("/openapi.json").then(
       (doc) => new Set(Object.keys((doc && doc.paths) || {})),
-      (error) => {
+      () => {
         paths = null; // ask again next time
-        throw error;
+        return null;
       },
     );
   }
-  return (await paths).has(path);
+  const known = await paths;
+  return known === null ? true : known.has(path);
 }
 
 /**
