@@ -20,6 +20,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from tracehouse import __version__, ingest, storage
+from tracehouse.alerting import AlertWorker
+from tracehouse.alerting import router as alerting_router
 from tracehouse.config import Settings
 from tracehouse.dashboards import ui_router
 from tracehouse.ingest import IngestPipeline, OtlpReceiver, PipelineLimits, Sink, Spool
@@ -65,6 +67,7 @@ class Tracehouse:
         self._migrated = False
         self._writer: storage.ClickHouseWriter | None = None
         self._edges_client: Any = None
+        self._alerting_client: Any = None
         self.leader: LeaderElector | None = None  # with leader election (see config)
         self._lease_client: Any = None
         self._gate: LeaderGate | None = None
@@ -104,6 +107,7 @@ class Tracehouse:
         if "worker" in s.roles:
             # Its own client: a recomputation must not queue API queries behind it.
             self._edges_client = storage.connect(s.resolved_clickhouse_url, s.cluster)
+            self._alerting_client = storage.connect(s.resolved_clickhouse_url, s.cluster)
             self._start_worker()
         log.info(
             "tracehouse %s up: roles=%s storage=%s grpc=%s http=%s api=%s",
@@ -133,6 +137,9 @@ class Tracehouse:
         if self._edges_client is not None:
             self._edges_client.close()
             self._edges_client = None
+        if self._alerting_client is not None:
+            self._alerting_client.close()
+            self._alerting_client = None
         grpc_stopped = self._grpc.stop(grace_s) if self._grpc is not None else None
         self._grpc = None
         for server in self._asgi.servers:
@@ -164,13 +171,24 @@ class Tracehouse:
         jobs = self._gate.jobs if self._gate is not None else []
         return next((job for job in jobs if isinstance(job, EdgeWorker)), None)
 
+    @property
+    def alerting(self) -> AlertWorker | None:
+        """The alerting job while it runs in this process (worker role, leading)."""
+        jobs = self._gate.jobs if self._gate is not None else []
+        return next((job for job in jobs if isinstance(job, AlertWorker)), None)
+
     # -- wiring ------------------------------------------------------------------------------
 
     def _worker_jobs(self) -> list[JobFactory]:
         """The worker role's jobs (``start()``/``stop(grace_s)``), each built anew whenever
         this process becomes the leader."""
         edges_client = self._edges_client
-        return [lambda: EdgeWorker(EdgeBuilder(edges_client), interval_s=15.0)]
+        alerting_client = self._alerting_client
+        s = self.settings
+        return [
+            lambda: EdgeWorker(EdgeBuilder(edges_client), interval_s=15.0),
+            lambda: AlertWorker(alerting_client, s.alert_rules_file, s.resolved_alert_external_url),
+        ]
 
     def _start_worker(self) -> None:
         """Run the worker jobs while this process leads (docs/decisions/0012); without
@@ -235,6 +253,7 @@ class Tracehouse:
             )
             app.include_router(read_router(self.client, slow))
             app.include_router(jaeger_router(self.client))
+            app.include_router(alerting_router(self.client, self.settings.alert_rules_file))
             app.include_router(ui_router())  # the web UI: / and /ui/*
         return app
 

@@ -95,6 +95,17 @@ class Settings(BaseSettings):
         default=10, ge=1, description="/slow-services: calls needed to judge a p99"
     )
 
+    alert_rules_file: Path | None = Field(
+        default=None,
+        description="YAML file of alert receivers and rules (docs/alerting.md), re-read when "
+        "it changes; rules can also be added through /api/v1/alert-rules",
+    )
+    alert_external_url: str | None = Field(
+        default=None,
+        description="this tracehouse's URL as receivers should link to it (externalURL, "
+        "generatorURL, trace links); default http://<host>:<api_port>",
+    )
+
     log_level: str = "INFO"
 
     @field_validator("slow_sql_thresholds")
@@ -154,6 +165,13 @@ class Settings(BaseSettings):
             slow_sql_default_ms=default_ms,
             slow_sql_ms=per_system,
         )
+
+    @property
+    def resolved_alert_external_url(self) -> str:
+        if self.alert_external_url:
+            return self.alert_external_url.rstrip("/")
+        host = "localhost" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.api_port}"
 
     @property
     def embedded(self) -> bool:

@@ -55,12 +55,22 @@ METRICS = {
     f"otel_metrics_{kind}": "toDateTime(TimeUnix)"
     for kind in ("gauge", "sum", "histogram", "exponential_histogram", "summary")
 }
+# Alerting state (migration 0006): small tables, one replica set across the cluster.
+ALERTING = {
+    "tracehouse_alert_rules": "ReplacingMergeTree",
+    "tracehouse_alert_rule_health": "ReplacingMergeTree",
+    "tracehouse_alert_state": "ReplacingMergeTree",
+    "tracehouse_alert_history": "MergeTree",
+    "tracehouse_silences": "ReplacingMergeTree",
+    "tracehouse_alert_outbox": "ReplacingMergeTree",
+}
 MIGRATION_NAMES = [
     "0001_otel_traces",
     "0002_otel_traces_trace_id_ts",
     "0003_otel_logs",
     "0004_rollups",
     "0005_edges",
+    "0006_alerting",
     "0008_edge_durations",
     "0009_db_slow_thresholds",
     "0010_otel_metrics",
@@ -304,6 +314,7 @@ def test_migrate_creates_the_schema_on_an_empty_database(db: Any) -> None:
         "otel_db_1m_mv": "MaterializedView",
         "otel_edges_1m": "ReplacingMergeTree",
         **dict.fromkeys(METRICS, "MergeTree"),
+        **ALERTING,
         MIGRATIONS_TABLE: "MergeTree",
     }
     recorded = db.query(
@@ -347,6 +358,7 @@ def test_a_migration_cut_off_half_way_is_applied_again(db: Any) -> None:
         *ROLLUPS,
         *ROLLUP_VIEWS.values(),
         *EDGES,
+        *ALERTING,
         *METRICS,
         MIGRATIONS_TABLE,
     }
@@ -478,6 +490,7 @@ def test_every_cluster_statement_parses_and_runs_on_the_cluster(client: Any, clu
         "otel_db_1m_mv",
         "otel_edges_1m_local",
         "otel_edges_1m",
+        *ALERTING,
         "ALTER otel_edges_1m_local",
         "ALTER otel_edges_1m",
         "ALTER otel_db_1m_mv",
@@ -599,6 +612,7 @@ def test_single_node_statements_parse_and_have_no_cluster_parts(client: Any) -> 
         "otel_db_1m",
         "otel_db_1m_mv",
         "otel_edges_1m",
+        *ALERTING,
         "ALTER otel_edges_1m",
         "ALTER otel_db_1m_mv",
         *METRICS,

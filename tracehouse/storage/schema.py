@@ -44,6 +44,17 @@ _ENGINES = {
 }
 # Engine parameters after the replication path and replica (the version column).
 _ENGINE_ARGS = {"otel_edges_1m": "Version"}
+# Small state tables that are not telemetry (alerting, migration 0006): ${engine_<name>}, in
+# cluster mode one replica set across every node (no {shard} in the path, like the lease
+# table), so whichever node a URL reaches holds all of it. Engine family and its parameters.
+_SHARED_TABLES = {
+    "tracehouse_alert_rules": ("ReplacingMergeTree", "Version"),
+    "tracehouse_alert_rule_health": ("ReplacingMergeTree", "Version"),
+    "tracehouse_alert_state": ("ReplacingMergeTree", "Version"),
+    "tracehouse_alert_history": ("MergeTree", ""),
+    "tracehouse_silences": ("ReplacingMergeTree", "Version"),
+    "tracehouse_alert_outbox": ("ReplacingMergeTree", "Version"),
+}
 # The migration whose view query carries the slow SQL thresholds (re-run when they change).
 _SLOW_SQL_MIGRATION = "db_slow_thresholds"
 _TTL_DAYS = re.compile(r"TTL .*?toIntervalDay\((\d+)\)")
@@ -125,6 +136,15 @@ class SchemaOptions:
         tail = f", {extra}" if extra else ""
         return f"Replicated{family}('{path}', '{{replica}}'{tail})"
 
+    def shared_engine(self, table: str) -> str:
+        """The engine of a small state table (``_SHARED_TABLES``): replicated to every node."""
+        family, extra = _SHARED_TABLES[table]
+        if not self.cluster:
+            return f"{family}({extra})" if extra else family
+        path = f"/clickhouse/tracehouse/{{database}}/{table}"
+        tail = f", {extra}" if extra else ""
+        return f"Replicated{family}('{path}', '{{replica}}'{tail})"
+
     def ttl(self, table: str) -> str:
         days = self.retention_days(table)
         return f"TTL {_TTL_COLUMNS[table]} + toIntervalDay({days})" if days else ""
@@ -162,6 +182,8 @@ def render(migration: Migration, options: SchemaOptions) -> list[str]:
         values[table] = options.local_name(table)
         values[f"engine_{table}"] = options.engine(table)
         values[f"ttl_{table}"] = options.ttl(table)
+    for table in _SHARED_TABLES:
+        values[f"engine_{table}"] = options.shared_engine(table)
     statements = []
     for chunk in migration.sql.split(";\n"):
         body = chunk.strip()
