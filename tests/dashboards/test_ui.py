@@ -259,6 +259,33 @@ def test_services_are_marked_failing_from_their_error_rate(tab: Tab, demo: Demo)
     assert_clean(tab)
 
 
+def test_services_sort_by_a_column_header_into_the_url(tab: Tab, demo: Demo) -> None:
+    page = tab.open("services")
+    page.get_by_role("columnheader", name="p99", exact=True).click()
+    page.wait_for_function("location.hash.includes('sort=p99_ms')")
+    tab.wait_ready()
+    assert "dir=desc" in tab.route()
+    p99 = {s["service"]: s["p99_ms"] for s in demo.api("/services")["services"]}
+    mine = set(demo.run.services.values())
+    shown = [r.get_attribute("data-row") for r in page.locator("tbody tr[data-row]").all()]
+    shown = [name for name in shown if name in mine]
+    assert shown == sorted(mine, key=lambda name: -p99[name])
+    assert_clean(tab)
+
+
+def test_auto_refresh_reloads_the_data(tab: Tab, demo: Demo) -> None:
+    page = tab.open("services?refresh=10s")
+    page.evaluate("document.querySelector('main > .page').dataset.marker = 'before'")
+    # The next refresh builds a new page off-screen and swaps it in once loaded.
+    page.wait_for_function(
+        "!document.querySelector('main > .page[data-marker]')"
+        " && !!document.querySelector('main > .page[data-ready]')",
+        timeout=60_000,
+    )
+    assert demo.s("payment") in page.locator("main").inner_text()
+    assert_clean(tab)
+
+
 def test_a_service_page_shows_operations_sql_and_neighbours(tab: Tab, demo: Demo) -> None:
     page = tab.open(f"service?name={demo.s('inventory')}")
     text = page.locator("main").inner_text()
@@ -345,6 +372,17 @@ def test_clicking_an_edge_shows_its_calls(tab: Tab, demo: Demo) -> None:
     rows = page.locator("[data-trace]")
     assert rows.count() > 0
     assert payment in page.locator("main table").inner_text()
+    assert_clean(tab)
+
+
+def test_topology_focuses_on_a_service(tab: Tab, demo: Demo) -> None:
+    page = tab.open("topology")
+    page.fill("input[name=service]", demo.s("payment"))
+    page.locator("form.tools button[type=submit]").click()
+    page.wait_for_function("location.hash.includes('service=')")
+    tab.wait_ready()
+    nodes = {n.get_attribute("data-node") for n in page.locator("[data-node]").all()}
+    assert nodes == {demo.s("checkout"), demo.s("payment")}  # one hop around payment
     assert_clean(tab)
 
 
