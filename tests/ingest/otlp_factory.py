@@ -6,8 +6,12 @@ import os
 import time
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
 
 def trace_request(
@@ -54,3 +58,21 @@ def log_request(service: str, records: int = 2) -> ExportLogsServiceRequest:
         record.severity_text = "INFO"
         record.body.string_value = f"record {i}"
     return request
+
+
+def metrics_request(
+    service: str, *metrics: Metric, resource: dict[str, str] | None = None
+) -> ExportMetricsServiceRequest:
+    """One resource (``service.name`` = ``service`` plus ``resource``), one scope, ``metrics``."""
+    request = ExportMetricsServiceRequest()
+    rm = request.resource_metrics.add()
+    for key, value in {"service.name": service, **(resource or {})}.items():
+        rm.resource.attributes.append(KeyValue(key=key, value=AnyValue(string_value=value)))
+    sm = rm.scope_metrics.add()
+    sm.scope.name = "tests"
+    sm.metrics.extend(metrics)
+    return request
+
+
+def string_attributes(values: dict[str, str]) -> list[KeyValue]:
+    return [KeyValue(key=k, value=AnyValue(string_value=v)) for k, v in values.items()]

@@ -33,7 +33,12 @@ def _export(app: Tracehouse, body: bytes, method: str = TRACES, **kwargs: object
         pytest.param(
             os.urandom(LIMIT + 1), TRACES, grpc.StatusCode.RESOURCE_EXHAUSTED, id="oversize"
         ),
-        pytest.param(b"", METRICS, grpc.StatusCode.UNIMPLEMENTED, id="metrics-not-supported"),
+        pytest.param(
+            b"\xff\xff\xff\xff garbage",
+            METRICS,
+            grpc.StatusCode.INVALID_ARGUMENT,
+            id="corrupt-metrics",
+        ),
     ],
 )
 def test_bad_request_gets_the_spec_status(

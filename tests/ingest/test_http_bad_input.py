@@ -71,8 +71,10 @@ def _cases(bad_service: str) -> dict[str, Case]:
             status=413,
             grpc_code=code_pb2.RESOURCE_EXHAUSTED,
         ),
-        "metrics-not-supported": Case(
-            b"", path="/v1/metrics", status=501, grpc_code=code_pb2.UNIMPLEMENTED
+        "corrupt-metrics": Case(b"\xff\xff\xff\xff garbage", path="/v1/metrics"),
+        "metrics-json-wrong-field-type": Case(b'{"resourceMetrics": 5}', JSON, path="/v1/metrics"),
+        "metrics-get": Case(
+            b"", method="GET", path="/v1/metrics", status=405, grpc_code=code_pb2.UNIMPLEMENTED
         ),
     }
 

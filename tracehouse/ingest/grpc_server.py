@@ -1,4 +1,4 @@
-"""OTLP/gRPC receiver: ``TraceService/Export`` and ``LogsService/Export`` on port 4317.
+"""OTLP/gRPC receiver: ``TraceService``, ``LogsService`` and ``MetricsService/Export`` (4317).
 
 Requests reach the handler as raw bytes (so the spool stores them as received). Status codes
 follow the OTLP spec: INVALID_ARGUMENT for undecodable data, RESOURCE_EXHAUSTED past
@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -28,8 +27,8 @@ log = logging.getLogger(__name__)
 _SERVICES = {
     Signal.TRACES: "opentelemetry.proto.collector.trace.v1.TraceService",
     Signal.LOGS: "opentelemetry.proto.collector.logs.v1.LogsService",
+    Signal.METRICS: "opentelemetry.proto.collector.metrics.v1.MetricsService",
 }
-_METRICS_SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
 
 
 def create_server(
@@ -52,11 +51,6 @@ def create_server(
             _export_handler(receiver, signal, request_timeout_s)
         )
         handlers.append(grpc.method_handlers_generic_handler(service, {"Export": method}))
-    handlers.append(
-        grpc.method_handlers_generic_handler(
-            _METRICS_SERVICE, {"Export": grpc.unary_unary_rpc_method_handler(_metrics_unsupported)}
-        )
-    )
     server.add_generic_rpc_handlers(handlers)
     return server
 
@@ -81,13 +75,6 @@ def _export_handler(
         return bytes(submission.response.SerializeToString())
 
     return export
-
-
-def _metrics_unsupported(body: bytes, context: grpc.ServicerContext) -> Any:
-    context.abort(
-        grpc.StatusCode.UNIMPLEMENTED,
-        "tracehouse does not store OTLP metrics yet; export traces and logs only",
-    )
 
 
 def _abort(

@@ -1,4 +1,5 @@
-"""OTLP/HTTP receiver: ``POST /v1/traces`` and ``/v1/logs`` (protobuf or JSON, optionally gzip).
+"""OTLP/HTTP receiver: ``POST /v1/traces``, ``/v1/logs`` and ``/v1/metrics`` (protobuf or JSON,
+optionally gzip).
 
 Status codes follow the OTLP/HTTP spec: 200 (with partial success when items were rejected),
 400 undecodable body, 405 not POST, 413 body over ``max_request_bytes`` (after decompression),
@@ -103,17 +104,13 @@ def create_app(
     async def logs(request: Request) -> Response:
         return await export(request, Signal.LOGS)
 
-    async def unsupported_metrics(request: Request) -> Response:
-        message = (
-            "tracehouse does not store OTLP metrics yet; send traces to /v1/traces "
-            "and logs to /v1/logs"
-        )
-        return _error(_HttpError(501, code_pb2.UNIMPLEMENTED, message), "json", None)
+    async def metric_points(request: Request) -> Response:
+        return await export(request, Signal.METRICS)
 
     routes = [
         Route("/v1/traces", traces, methods=_ALL_METHODS),
         Route("/v1/logs", logs, methods=_ALL_METHODS),
-        Route("/v1/metrics", unsupported_metrics, methods=_ALL_METHODS),
+        Route("/v1/metrics", metric_points, methods=_ALL_METHODS),
     ]
     return Starlette(routes=routes)
 

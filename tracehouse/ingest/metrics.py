@@ -11,7 +11,7 @@ REQUESTS = Counter(
 )
 ITEMS = Counter(
     "tracehouse_ingest_items_total",
-    "Spans or log records by signal and outcome (accepted, rejected, duplicate)",
+    "Spans, log records or metric points by signal and outcome (accepted, rejected, duplicate)",
     ["signal", "outcome"],
 )
 TRUNCATED = Counter(

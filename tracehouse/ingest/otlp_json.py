@@ -23,6 +23,10 @@ _ID_PATHS = {
         ("resourceSpans", "scopeSpans", "spans", "links"),
     ),
     "logs": (("resourceLogs", "scopeLogs", "logRecords"),),
+    "metrics": tuple(
+        ("resourceMetrics", "scopeMetrics", "metrics", kind, "dataPoints", "exemplars")
+        for kind in ("gauge", "sum", "histogram", "exponentialHistogram", "summary")
+    ),
 }
 
 
@@ -57,6 +61,8 @@ def _walk(node: Any, path: tuple[str, ...]) -> list[dict[str, Any]]:
                 children = item.get(key) or item.get(_snake(key))
                 if isinstance(children, list):
                     nxt.extend(c for c in children if isinstance(c, dict))
+                elif isinstance(children, dict):  # a message field, such as a metric's gauge
+                    nxt.append(children)
         level = nxt
     return level
 

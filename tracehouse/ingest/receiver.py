@@ -13,6 +13,10 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
 )
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -21,7 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from tracehouse.ingest import metrics
 from tracehouse.ingest.otlp_json import JsonDecodeError, parse_json
 from tracehouse.ingest.pipeline import IngestPipeline
-from tracehouse.ingest.validate import Inspection, inspect_logs, inspect_traces
+from tracehouse.ingest.validate import Inspection, inspect_logs, inspect_metrics, inspect_traces
 from tracehouse.model import Signal
 
 Encoding = Literal["proto", "json"]
@@ -29,6 +33,7 @@ Encoding = Literal["proto", "json"]
 _REQUESTS: dict[Signal, Callable[[], Message]] = {
     Signal.TRACES: ExportTraceServiceRequest,
     Signal.LOGS: ExportLogsServiceRequest,
+    Signal.METRICS: ExportMetricsServiceRequest,
 }
 
 
@@ -72,6 +77,8 @@ class OtlpReceiver:
             payload = body
         if signal is Signal.TRACES:
             inspection = inspect_traces(request, self._max_value_length)
+        elif signal is Signal.METRICS:
+            inspection = inspect_metrics(request, self._max_value_length)
         else:
             inspection = inspect_logs(request, self._max_value_length)
         key = hashlib.blake2b(payload, digest_size=16, person=signal.value.encode()).digest()
@@ -92,6 +99,12 @@ def _response(signal: Signal, inspection: Inspection) -> Message:
             traces.partial_success.rejected_spans = inspection.rejected
             traces.partial_success.error_message = inspection.error_message
         return traces
+    if signal is Signal.METRICS:
+        metrics_response = ExportMetricsServiceResponse()
+        if inspection.rejected:
+            metrics_response.partial_success.rejected_data_points = inspection.rejected
+            metrics_response.partial_success.error_message = inspection.error_message
+        return metrics_response
     logs = ExportLogsServiceResponse()
     if inspection.rejected:
         logs.partial_success.rejected_log_records = inspection.rejected

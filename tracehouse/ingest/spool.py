@@ -29,7 +29,7 @@ from tracehouse.model import Signal
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^(\d{20})-(traces|logs)-(\d+)\.spool$")
+_NAME = re.compile(r"^(\d{20})-(traces|logs|metrics)-(\d+)\.spool$")
 
 
 class SpoolFull(Exception):

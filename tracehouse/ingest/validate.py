@@ -2,9 +2,11 @@
 
 Items that cannot be stored — a span whose trace id is not 16 non-zero bytes, whose span id
 is not 8 non-zero bytes, or whose parent span id is neither empty nor 8 bytes; a log record
-whose trace id is neither empty nor 16 bytes or span id neither empty nor 8 — are counted
-here for the partial-success answer and skipped by the insert (storage/otlp_sql.py applies the
-same rule). Values longer than ``max_attribute_value_length`` are counted here and cut there.
+whose trace id is neither empty nor 16 bytes or span id neither empty nor 8; a metric data
+point of a metric without a name, or a histogram point whose bucket counts are neither absent
+nor one more than its explicit bounds — are counted here for the partial-success answer and
+skipped by the insert (storage/otlp_sql.py applies the same rule). Values longer than
+``max_attribute_value_length`` are counted here and cut there.
 """
 
 from __future__ import annotations
@@ -112,4 +114,45 @@ def inspect_logs(request: Any, limit: int) -> Inspection:
                         result.truncated_values += len(body.string_value) > limit
                     elif kind is not None and body.ByteSize() > limit:
                         result.truncated_values += 1
+    return result
+
+
+_POINT_KINDS = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
+
+
+def inspect_metrics(request: Any, limit: int) -> Inspection:
+    """Items are data points (of every type); see the module docstring for what is rejected."""
+    result = Inspection()
+    for rm in request.resource_metrics:
+        if rm.resource.ByteSize() > limit:
+            result.truncated_values += _long_values(rm.resource.attributes, limit)
+        for sm in rm.scope_metrics:
+            if sm.scope.ByteSize() > limit:
+                result.truncated_values += _long_values(sm.scope.attributes, limit)
+            for metric in sm.metrics:
+                kind = metric.WhichOneof("data")
+                if kind is None:
+                    continue  # no points: nothing to store or reject
+                points = getattr(metric, kind).data_points
+                if not metric.name:
+                    for _ in points:
+                        result.reject(f"a {kind} metric has no name; a name is required")
+                    continue
+                for point in points:
+                    if kind == "histogram" and point.bucket_counts:
+                        buckets = len(point.bucket_counts)
+                        bounds = len(point.explicit_bounds)
+                        if buckets != bounds + 1:
+                            result.reject(
+                                f"histogram {metric.name[:80]!r}: {buckets} bucket counts for "
+                                f"{bounds} explicit bounds (must be bounds + 1)"
+                            )
+                            continue
+                    result.accepted += 1
+                    if point.ByteSize() > limit:
+                        result.truncated_values += _long_values(point.attributes, limit)
+                        for exemplar in point.exemplars:
+                            result.truncated_values += _long_values(
+                                exemplar.filtered_attributes, limit
+                            )
     return result

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from importlib import resources
 
-from tracehouse.model import COLUMNS, Signal
+from tracehouse.model import COLUMNS, METRIC_TABLES, Signal
 
 PROTO_FILE = resources.files("tracehouse.storage").joinpath("otlp/otlp_flat.proto")
 PROTO_TEXT = PROTO_FILE.read_text()
-MESSAGE = {Signal.TRACES: "ExportTraceServiceRequest", Signal.LOGS: "ExportLogsServiceRequest"}
+MESSAGE = {
+    Signal.TRACES: "ExportTraceServiceRequest",
+    Signal.LOGS: "ExportLogsServiceRequest",
+    Signal.METRICS: "ExportMetricsServiceRequest",
+}
 
 # ---------------------------------------------------------------------------------------------
 # Structure of the request as ClickHouse reads it (names are the .proto field names).
@@ -233,16 +237,199 @@ _FROM = {
 _EXPRESSIONS = {Signal.TRACES: _TRACE_EXPRESSIONS, Signal.LOGS: _LOG_EXPRESSIONS}
 
 
+# ---------------------------------------------------------------------------------------------
+# Metrics: one INSERT per point type (and table). Each reads only its own type's points (the
+# structure names no other member of Metric's data oneof, so ClickHouse skips them).
+
+_EXEMPLAR = (
+    f"Tuple(filtered_attributes {_KEY_VALUES}, time_unix_nano UInt64, as_double Float64, "
+    "as_int Int64, span_id String, trace_id String)"
+)
+_POINT_HEAD = f"attributes {_KEY_VALUES}, start_time_unix_nano UInt64, time_unix_nano UInt64"
+_POINTS = {
+    "gauge": (
+        f"Tuple(data_points Array(Tuple({_POINT_HEAD}, as_double Float64, as_int Int64, "
+        f"exemplars Array({_EXEMPLAR}), flags UInt32)))"
+    ),
+    "sum": (
+        f"Tuple(data_points Array(Tuple({_POINT_HEAD}, as_double Float64, as_int Int64, "
+        f"exemplars Array({_EXEMPLAR}), flags UInt32)), aggregation_temporality Int32, "
+        "is_monotonic Bool)"
+    ),
+    "histogram": (
+        f"Tuple(data_points Array(Tuple({_POINT_HEAD}, count UInt64, sum Float64, "
+        "bucket_counts Array(UInt64), explicit_bounds Array(Float64), "
+        f"exemplars Array({_EXEMPLAR}), flags UInt32, min Float64, max Float64)), "
+        "aggregation_temporality Int32)"
+    ),
+    "exponential_histogram": (
+        f"Tuple(data_points Array(Tuple({_POINT_HEAD}, count UInt64, sum Float64, scale Int32, "
+        "zero_count UInt64, positive Tuple(offset Int32, bucket_counts Array(UInt64)), "
+        "negative Tuple(offset Int32, bucket_counts Array(UInt64)), flags UInt32, "
+        f"exemplars Array({_EXEMPLAR}), min Float64, max Float64)), "
+        "aggregation_temporality Int32)"
+    ),
+    "summary": (
+        f"Tuple(data_points Array(Tuple({_POINT_HEAD}, count UInt64, sum Float64, "
+        "quantile_values Array(Tuple(quantile Float64, value Float64)), flags UInt32)))"
+    ),
+}
+_POINT_FIELDS = {
+    "gauge": ("as_double", "as_int", "exemplars", "flags"),
+    "sum": ("as_double", "as_int", "exemplars", "flags"),
+    "histogram": (
+        "count", "sum", "bucket_counts", "explicit_bounds", "exemplars", "flags", "min", "max",
+    ),
+    "exponential_histogram": (
+        "count", "sum", "scale", "zero_count", "positive", "negative", "flags", "exemplars",
+        "min", "max",
+    ),
+    "summary": ("count", "sum", "quantile_values", "flags"),
+}  # fmt: skip
+_KINDS = tuple(_POINTS)
+assert tuple(f"otel_metrics_{k}" for k in _KINDS) == METRIC_TABLES
+
+
+def _metric_structure(kind: str) -> str:
+    return (
+        f"resource_metrics Array(Tuple(resource Tuple(attributes {_KEY_VALUES}), "
+        "schema_url String, scope_metrics Array(Tuple(scope Tuple(name String, version String, "
+        f"attributes {_KEY_VALUES}, dropped_attributes_count UInt32), schema_url String, "
+        "metrics Array(Tuple(name String, description String, unit String, "
+        f"{kind} {_POINTS[kind]}))))))"
+    )
+
+
+def _number(value: str) -> str:
+    """A NumberDataPoint's or Exemplar's value: as_int when set (non-zero), else as_double."""
+    return f"if({value}_as_int != 0, toFloat64({value}_as_int), {value}_as_double)"
+
+
+_EXEMPLAR_EXPRESSIONS = {
+    "Exemplars.FilteredAttributes": (
+        f"arrayMap(e -> {_attributes('e')}, dp_exemplars.filtered_attributes)"
+    ),
+    "Exemplars.TimeUnix": f"arrayMap(t -> {_ns('t')}, dp_exemplars.time_unix_nano)",
+    "Exemplars.Value": (
+        "arrayMap((i, d) -> if(i != 0, toFloat64(i), d), dp_exemplars.as_int, "
+        "dp_exemplars.as_double)"
+    ),
+    "Exemplars.SpanId": f"arrayMap(i -> {_hex('i')}, dp_exemplars.span_id)",
+    "Exemplars.TraceId": f"arrayMap(i -> {_hex('i')}, dp_exemplars.trace_id)",
+}
+_METRIC_HEAD = {
+    "ResourceAttributes": _attributes("rm.resource.attributes"),
+    "ResourceSchemaUrl": "rm.schema_url",
+    "ScopeName": "sm.scope.name",
+    "ScopeVersion": "sm.scope.version",
+    "ScopeAttributes": _attributes("sm.scope.attributes"),
+    "ScopeDroppedAttrCount": "sm.scope.dropped_attributes_count",
+    "ScopeSchemaUrl": "sm.schema_url",
+    "ServiceName": "ResourceAttributes['service.name']",
+    "MetricName": "m.name",
+    "MetricDescription": "m.description",
+    "MetricUnit": "m.unit",
+    "Attributes": _attributes("dp_attributes"),
+    "StartTimeUnix": _ns("dp_start_time_unix_nano"),
+    "TimeUnix": _ns("dp_time_unix_nano"),
+}
+_HISTOGRAM_TAIL = {
+    "Flags": "dp_flags",
+    "Min": "dp_min",
+    "Max": "dp_max",
+}
+# Each column of the metric tables (in the Collector's order), as an expression over the
+# flattened request.
+METRIC_EXPRESSIONS: dict[str, dict[str, str]] = {
+    "gauge": {
+        **_METRIC_HEAD,
+        "Value": _number("dp"),
+        "Flags": "dp_flags",
+        **_EXEMPLAR_EXPRESSIONS,
+    },
+    "sum": {
+        **_METRIC_HEAD,
+        "Value": _number("dp"),
+        "Flags": "dp_flags",
+        **_EXEMPLAR_EXPRESSIONS,
+        "AggregationTemporality": "m.sum.aggregation_temporality",
+        "IsMonotonic": "m.sum.is_monotonic",
+    },
+    "histogram": {
+        **_METRIC_HEAD,
+        "Count": "dp_count",
+        "Sum": "dp_sum",
+        "BucketCounts": "dp_bucket_counts",
+        "ExplicitBounds": "dp_explicit_bounds",
+        **_EXEMPLAR_EXPRESSIONS,
+        **_HISTOGRAM_TAIL,
+        "AggregationTemporality": "m.histogram.aggregation_temporality",
+    },
+    "exponential_histogram": {
+        **_METRIC_HEAD,
+        "Count": "dp_count",
+        "Sum": "dp_sum",
+        "Scale": "dp_scale",
+        "ZeroCount": "dp_zero_count",
+        "PositiveOffset": "dp_positive.offset",
+        "PositiveBucketCounts": "dp_positive.bucket_counts",
+        "NegativeOffset": "dp_negative.offset",
+        "NegativeBucketCounts": "dp_negative.bucket_counts",
+        **_EXEMPLAR_EXPRESSIONS,
+        **_HISTOGRAM_TAIL,
+        "AggregationTemporality": "m.exponential_histogram.aggregation_temporality",
+    },
+    "summary": {
+        **_METRIC_HEAD,
+        "Count": "dp_count",
+        "Sum": "dp_sum",
+        "ValueAtQuantiles.Quantile": "dp_quantile_values.quantile",
+        "ValueAtQuantiles.Value": "dp_quantile_values.value",
+        "Flags": "dp_flags",
+    },
+}
+# Points that cannot be stored, by the rule validate.inspect_metrics reports: a metric without
+# a name; a histogram point whose bucket counts are neither absent nor one more than its bounds.
+_VALID_POINT = {kind: "m.name != ''" for kind in _KINDS}
+_VALID_POINT["histogram"] += (
+    " AND (empty(dp_bucket_counts) OR length(dp_bucket_counts) = length(dp_explicit_bounds) + 1)"
+)
+
+
+def _metric_from(kind: str) -> str:
+    fields = (*("attributes", "start_time_unix_nano", "time_unix_nano"), *_POINT_FIELDS[kind])
+    return (
+        "ARRAY JOIN resource_metrics AS rm\n"
+        "ARRAY JOIN rm.scope_metrics AS sm\n"
+        "ARRAY JOIN sm.metrics AS m\n"
+        "ARRAY JOIN " + ", ".join(f"m.{kind}.data_points.{f} AS dp_{f}" for f in fields) + "\n"
+        f"WHERE {_VALID_POINT[kind]}"
+    )
+
+
+def _select(expressions: dict[str, str], source: str, from_clause: str) -> str:
+    columns = ",\n    ".join(f"{expr} AS `{name}`" for name, expr in expressions.items())
+    return f"SELECT\n    {columns}\nFROM {source}\n{from_clause}"
+
+
 def select_statement(signal: Signal, source: str) -> str:
     """``SELECT`` of the raw table's columns (aliased by name) from requests in ``source``."""
-    columns = ",\n    ".join(f"{expr} AS `{name}`" for name, expr in _EXPRESSIONS[signal].items())
-    return f"SELECT\n    {columns}\nFROM {source}\n{_FROM[signal]}"
+    return _select(_EXPRESSIONS[signal], source, _FROM[signal])
 
 
 def insert_statement(signal: Signal, source: str) -> str:
-    """The ``INSERT … SELECT`` for one signal, reading the requests from ``source``."""
+    """The ``INSERT … SELECT`` for traces or logs, reading the requests from ``source``."""
     columns = ", ".join(f"`{c}`" for c in COLUMNS[signal])
     return f"INSERT INTO {signal.table} ({columns})\n{select_statement(signal, source)}"
+
+
+def metric_insert_statement(table: str, source: str) -> str:
+    """The ``INSERT … SELECT`` of one metric table's points from the requests in ``source``
+    (read with ``structure(Signal.METRICS, table)``)."""
+    kind = table.removeprefix("otel_metrics_")
+    expressions = METRIC_EXPRESSIONS[kind]
+    columns = ", ".join(f"`{c}`" for c in expressions)
+    return f"INSERT INTO {table} ({columns})\n{_select(expressions, source, _metric_from(kind))}"
 
 
 def _sql_string(text: str) -> str:
@@ -274,8 +461,13 @@ def settings_clause(signal: Signal, schema_file: str | None, dedup_token: str | 
     return "SETTINGS " + ", ".join(f"{k} = {v}" for k, v in settings.items())
 
 
-def structure(signal: Signal) -> str:
-    """The request's structure as a quoted SQL string, for ``input()`` and ``file()``."""
+def structure(signal: Signal, table: str | None = None) -> str:
+    """The request's structure as a quoted SQL string, for ``input()`` and ``file()``; for
+    metrics, the part one metric ``table`` reads."""
+    if signal is Signal.METRICS:
+        if table is None:
+            raise ValueError("metrics are read per table: pass one of METRIC_TABLES")
+        return _sql_string(_metric_structure(table.removeprefix("otel_metrics_")))
     return _sql_string(_STRUCTURE[signal])
 
 
