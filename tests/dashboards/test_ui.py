@@ -63,6 +63,17 @@ class Demo:
     def s(self, role: str) -> str:
         return self.run.service(role)
 
+    @property
+    def run_id(self) -> str:
+        """The suffix every service name of this run carries."""
+        return self.s("frontend").removeprefix("frontend-")
+
+    @property
+    def around_checkout(self) -> str:
+        """The topology route showing only this run's graph: two hops around checkout reach
+        user → frontend → checkout → inventory/payment → sqlite and nothing of other runs."""
+        return f"topology?service={self.s('checkout')}&depth=2"
+
     def api(self, path: str, **params: str) -> Any:
         response = httpx.get(f"{self.base}api/v1{path}", params=params, timeout=60)
         assert response.status_code == 200, response.text
@@ -246,7 +257,7 @@ def test_the_ui_is_served_beside_the_api_and_packaged(demo: Demo) -> None:
 
 
 def test_services_are_marked_failing_from_their_error_rate(tab: Tab, demo: Demo) -> None:
-    page = tab.open("services")
+    page = tab.open(f"services?q={demo.run_id}")  # the filter keeps other tests' services out
     calls = {s["service"]: s for s in demo.api("/services")["services"]}
     for role in demo.run.services:
         row = page.locator(f'tr[data-row="{demo.s(role)}"]')
@@ -254,6 +265,7 @@ def test_services_are_marked_failing_from_their_error_rate(tab: Tab, demo: Demo)
         assert ("row-bad" in (row.get_attribute("class") or "")) == failing, role
         assert ("failing" in row.inner_text()) == failing, role
     # payment fails every fifth call: it is failing, and listed first by default.
+    assert page.locator("tbody tr[data-row]").count() == len(demo.run.services)
     first = page.locator("tbody tr").first.get_attribute("data-row")
     assert first == demo.s("payment")
     assert_clean(tab)
@@ -338,11 +350,17 @@ def test_topology_has_the_demo_nodes_and_edges(tab: Tab, demo: Demo) -> None:
     assert "bad" in (page.locator(f'[data-node="{payment}"]').get_attribute("class") or "")
     edge = page.locator(f'[data-edge="{checkout}→{payment}"]')
     assert "bad" in (edge.get_attribute("class") or "")
+    # Focused on checkout, two hops: exactly this run's graph.
+    page = tab.open(demo.around_checkout)
+    focused = {node.get_attribute("data-node") for node in page.locator("[data-node]").all()}
+    assert focused == {*demo.run.services.values(), "user", "sqlite"}
+    assert page.locator("[data-edge]").count() == 5
+    tab.shot("topology-around-checkout")
     assert_clean(tab)
 
 
 def test_clicking_a_node_opens_its_service(tab: Tab, demo: Demo) -> None:
-    page = tab.open("topology")
+    page = tab.open(demo.around_checkout)
     page.locator(f'[data-node="{demo.s("checkout")}"] .shape').click()
     page.wait_for_function("location.hash.startsWith('#/service?')")
     tab.wait_ready()
@@ -357,7 +375,7 @@ def test_clicking_an_edge_shows_its_calls(tab: Tab, demo: Demo) -> None:
         for e in demo.api("/topology")["edges"]
         if (e["source"], e["target"]) == (checkout, payment)
     )
-    page = tab.open("topology")
+    page = tab.open(demo.around_checkout)
     page.mouse.click(*_edge_midpoint(tab, f"{checkout}→{payment}"))
     panel = page.locator("[data-panel=edge]")
     panel.wait_for()
@@ -387,7 +405,7 @@ def test_topology_focuses_on_a_service(tab: Tab, demo: Demo) -> None:
 
 
 def test_topology_zooms_and_pans_into_the_url(tab: Tab, demo: Demo) -> None:
-    page = tab.open("topology")
+    page = tab.open(demo.around_checkout)
     box = page.locator("svg.graph").bounding_box()
     assert box is not None
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
