@@ -18,8 +18,18 @@ from typing import Any
 import grpc
 import uvicorn
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from tracehouse import __version__, ingest, storage
+from tracehouse.access import (
+    AccessControl,
+    ApiAccess,
+    AuditLog,
+    GrpcIngestAccess,
+    IngestAccess,
+    ScopedClient,
+    audit_router,
+)
 from tracehouse.alerting import AlertWorker
 from tracehouse.alerting import router as alerting_router
 from tracehouse.config import Settings
@@ -59,6 +69,7 @@ class Tracehouse:
         self.settings = settings
         self.ports = Ports()
         self.client: Any = None
+        self.access = AccessControl.open()
         self._sink_override = sink
         self.pipeline: IngestPipeline | None = None
         self._grpc: grpc.Server | None = None
@@ -85,6 +96,9 @@ class Tracehouse:
     def _start(self) -> None:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        self.access = (
+            AccessControl.from_file(s.access_file) if s.access_file else AccessControl.open()
+        )
         self.client = storage.connect(s.resolved_clickhouse_url, s.cluster)
         storage.require_version(self.client)
         if s.auto_migrate:
@@ -235,12 +249,18 @@ class Tracehouse:
         self.pipeline = IngestPipeline(sink, spool, limits)
         self.pipeline.start()
         receiver = OtlpReceiver(self.pipeline, s.max_attribute_value_length)
-        self._grpc = ingest.create_grpc_server(receiver, s.max_request_bytes, s.request_timeout_s)
+        self._grpc = ingest.create_grpc_server(
+            receiver,
+            s.max_request_bytes,
+            s.request_timeout_s,
+            interceptors=[GrpcIngestAccess(self.access, s.ingest_token_header)],
+        )
         self.ports.grpc = self._grpc.add_insecure_port(f"{_grpc_host(s.host)}:{s.grpc_port}")
         if self.ports.grpc == 0:
             raise OSError(f"cannot listen for OTLP/gRPC on {s.host}:{s.grpc_port}")
         self._grpc.start()
-        return ingest.create_http_app(receiver, s.max_request_bytes, s.request_timeout_s)
+        http_app = ingest.create_http_app(receiver, s.max_request_bytes, s.request_timeout_s)
+        return IngestAccess(http_app, self.access, s.ingest_token_header)
 
     def _api_app(self) -> FastAPI:
         app = FastAPI(title="tracehouse", version=__version__)
@@ -251,10 +271,22 @@ class Tracehouse:
                 factor=self.settings.slow_service_factor,
                 min_calls=self.settings.slow_service_min_calls,
             )
-            app.include_router(read_router(self.client, slow))
-            app.include_router(jaeger_router(self.client))
-            app.include_router(alerting_router(self.client, self.settings.alert_rules_file))
+            # Reads obey the service scope of the request's token (tracehouse/access/scope.py).
+            scoped = ScopedClient(self.client)
+            app.include_router(read_router(scoped, slow))
+            app.include_router(jaeger_router(scoped))
+            app.include_router(alerting_router(scoped, self.settings.alert_rules_file))
+            app.include_router(audit_router(self.client), prefix="/api/v1")
             app.include_router(ui_router())  # the web UI: / and /ui/*
+        if self.settings.cors_allow_origins:
+            app.add_middleware(
+                CORSMiddleware,
+                allow_origins=self.settings.cors_allow_origins,
+                allow_methods=["*"],
+                allow_headers=["authorization", "content-type"],
+            )
+        # Outermost: tokens, roles, scope, audit of changes, security headers.
+        app.add_middleware(ApiAccess, access=self.access, audit=AuditLog(self.client))
         return app
 
     def _readiness(self) -> str | None:

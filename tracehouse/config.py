@@ -80,6 +80,17 @@ class Settings(BaseSettings):
         default=2.0, gt=0, description="claim settle delay and step-down margin"
     )
 
+    access_file: Path | None = Field(
+        default=None,
+        description="YAML of ingest and query tokens (roles, service scopes); none: open",
+    )
+    ingest_token_header: str = Field(
+        default="authorization",
+        description="header (gRPC metadata) carrying the ingest token, `Bearer <token>` or bare",
+    )
+    cors_allow_origins: list[str] = Field(
+        default_factory=list, description="origins allowed to call the API from a browser"
+    )
     slow_sql_thresholds: str = Field(
         default=DEFAULT_SLOW_SQL_THRESHOLDS,
         description="a database call at least this slow (ms) is slow, per db.system, in "
