@@ -9,6 +9,8 @@ import { FAILING_ERROR_RATE, emptyState, fmtMs, fmtNum, fmtPct, h, s, slowTitle,
 // A database call path is slow from this p99 on (the slow-call threshold of /api/v1/sql).
 const SLOW_DB_MS = 200;
 const NODE_R = 26;
+// Above this many edges only failing and slow edges carry a label unless labels=all.
+const MAX_LABELLED_EDGES = 12;
 
 export async function render(ctx, root) {
   const focus = ctx.get("service");
@@ -37,7 +39,12 @@ function head(ctx, graph, focus, depth) {
   const list = h("datalist", { id: "topology-services" }, graph.nodes.filter((n) => n.type === "service").map((n) => h("option", { value: n.id })));
   const input = h("input", { type: "search", name: "service", list: "topology-services", placeholder: "focus on a service", value: focus, "aria-label": "focus on a service" });
   const depthSelect = h("select", { name: "depth", "aria-label": "hops around the service" }, [1, 2, 3, 4, 5].map((d) => h("option", { value: d, selected: String(d) === depth, text: `${d} hop${d > 1 ? "s" : ""}` })));
-  const form = h("form", { class: "tools" }, input, depthSelect, h("button", { type: "submit", text: "Focus" }), focus ? h("a", { href: ctx.link("topology"), text: "Show all" }) : null, list);
+  const all = ctx.get("labels") === "all";
+  const labels =
+    graph.edges.length > MAX_LABELLED_EDGES
+      ? h("label", { class: "check", title: "a dense graph labels only its failing and slow edges" }, h("input", { type: "checkbox", name: "labels", checked: all, onchange: () => ctx.set({ labels: all ? null : "all" }, { render: true }) }), " label every edge")
+      : null;
+  const form = h("form", { class: "tools" }, labels, input, depthSelect, h("button", { type: "submit", text: "Focus" }), focus ? h("a", { href: ctx.link("topology"), text: "Show all" }) : null, list);
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     ctx.set({ service: input.value.trim() || null, depth: input.value.trim() ? depthSelect.value : null, sel: null, z: null });
@@ -69,7 +76,11 @@ function drawGraph(ctx, graph, slow) {
   const width = Math.max(960, columns.size * 270);
   const height = Math.max(440, Math.max(...columns.values()) * 130);
   const pad = { x: 120, y: 70 };
-  const pos = (n) => ({ x: pad.x + n.x * (width - 2 * pad.x), y: pad.y + n.y * (height - 2 * pad.y) });
+  const rowY = untangle(graph);
+  const pos = (n) => ({ x: pad.x + n.x * (width - 2 * pad.x), y: pad.y + rowY.get(n.id) * (height - 2 * pad.y) });
+  // A dense graph labels only its failing and slow edges (all: labels=all); the others have
+  // their figures in a tooltip and in the panel a click opens.
+  const allLabels = ctx.get("labels") === "all" || graph.edges.length <= MAX_LABELLED_EDGES;
 
   const panel = h("aside", { class: "graph-panel", hidden: true });
   const container = h("div", { class: "graph-box" });
@@ -126,7 +137,7 @@ function drawGraph(ctx, graph, slow) {
       select("edge", key);
     });
     edgeLayer.append(group);
-    labelLayer.append(s("text", { class: ["edge-label", state], x: geometry.label.x, y: geometry.label.y, "text-anchor": "middle", text: label }));
+    if (allLabels || state === "bad" || state === "slow") labelLayer.append(s("text", { class: ["edge-label", state], x: geometry.label.x, y: geometry.label.y, "text-anchor": "middle", text: label }));
   }
 
   for (const node of graph.nodes) {
@@ -239,6 +250,45 @@ function drawGraph(ctx, graph, slow) {
     if ((kind === "edge" && graph.edges.some((e) => edgeKey(e) === id)) || (kind === "node" && nodes.has(id))) queueMicrotask(() => select(kind, id));
   }
   return container;
+}
+
+/**
+ * Row positions that cross fewer edges. The API places each node in a column by hops from the
+ * entry points (x) and orders a column by name (y); here each column keeps the API's x and its
+ * set of y positions, but nodes are assigned to those positions by the barycentre of their
+ * neighbours in the columns before, then after (a few sweeps, Sugiyama's heuristic), so that a
+ * service's callees sit beside it. Deterministic: ties keep the API's order.
+ */
+function untangle(graph) {
+  const y = new Map(graph.nodes.map((n) => [n.id, n.y]));
+  const x = new Map(graph.nodes.map((n) => [n.id, n.x]));
+  const columns = [...new Set(graph.nodes.map((n) => n.x))].sort((a, b) => a - b).map((cx) => graph.nodes.filter((n) => n.x === cx).map((n) => n.id));
+  const slots = columns.map((ids) => ids.map((id) => y.get(id)).sort((a, b) => a - b));
+  const neighbours = new Map(graph.nodes.map((n) => [n.id, []]));
+  for (const e of graph.edges) {
+    if (e.source === e.target) continue;
+    neighbours.get(e.source).push(e.target);
+    neighbours.get(e.target).push(e.source);
+  }
+  const sweep = (order, before) => {
+    for (const c of order) {
+      const ids = columns[c];
+      const centre = new Map(
+        ids.map((id) => {
+          const side = neighbours.get(id).filter((other) => (before ? x.get(other) < x.get(id) : x.get(other) > x.get(id)));
+          return [id, side.length ? side.reduce((sum, other) => sum + y.get(other), 0) / side.length : y.get(id)];
+        }),
+      );
+      const sorted = [...ids].sort((a, b) => centre.get(a) - centre.get(b) || y.get(a) - y.get(b));
+      sorted.forEach((id, i) => y.set(id, slots[c][i]));
+    }
+  };
+  const forward = columns.map((_, i) => i);
+  for (let round = 0; round < 4; round++) {
+    sweep(forward.slice(1), true);
+    sweep([...forward].reverse().slice(1), false);
+  }
+  return y;
 }
 
 export function edgeKey(edge) {
