@@ -55,8 +55,9 @@ METRICS = {
     f"otel_metrics_{kind}": "toDateTime(TimeUnix)"
     for kind in ("gauge", "sum", "histogram", "exponential_histogram", "summary")
 }
-# Alerting state (migration 0006): small tables, one replica set across the cluster.
-ALERTING = {
+# Small state tables, one replica set across the cluster: alerting (migration 0006) and
+# the audit log (AUDIT, 0012).
+SHARED = {
     "tracehouse_alert_rules": "ReplacingMergeTree",
     "tracehouse_alert_rule_health": "ReplacingMergeTree",
     "tracehouse_alert_state": "ReplacingMergeTree",
@@ -64,6 +65,7 @@ ALERTING = {
     "tracehouse_silences": "ReplacingMergeTree",
     "tracehouse_alert_outbox": "ReplacingMergeTree",
 }
+AUDIT = {"tracehouse_audit_log": "MergeTree"}
 MIGRATION_NAMES = [
     "0001_otel_traces",
     "0002_otel_traces_trace_id_ts",
@@ -74,6 +76,7 @@ MIGRATION_NAMES = [
     "0008_edge_durations",
     "0009_db_slow_thresholds",
     "0010_otel_metrics",
+    "0012_audit_log",
 ]
 CLUSTER = "tracehouse"
 
@@ -314,7 +317,8 @@ def test_migrate_creates_the_schema_on_an_empty_database(db: Any) -> None:
         "otel_db_1m_mv": "MaterializedView",
         "otel_edges_1m": "ReplacingMergeTree",
         **dict.fromkeys(METRICS, "MergeTree"),
-        **ALERTING,
+        **SHARED,
+        **AUDIT,
         MIGRATIONS_TABLE: "MergeTree",
     }
     recorded = db.query(
@@ -358,8 +362,9 @@ def test_a_migration_cut_off_half_way_is_applied_again(db: Any) -> None:
         *ROLLUPS,
         *ROLLUP_VIEWS.values(),
         *EDGES,
-        *ALERTING,
+        *SHARED,
         *METRICS,
+        *AUDIT,
         MIGRATIONS_TABLE,
     }
     assert Migrator(db, options).pending() == []
@@ -490,11 +495,12 @@ def test_every_cluster_statement_parses_and_runs_on_the_cluster(client: Any, clu
         "otel_db_1m_mv",
         "otel_edges_1m_local",
         "otel_edges_1m",
-        *ALERTING,
+        *SHARED,
         "ALTER otel_edges_1m_local",
         "ALTER otel_edges_1m",
         "ALTER otel_db_1m_mv",
         *[name for table in METRICS for name in (f"{table}_local", table)],
+        *AUDIT,
     ]
     on_cluster = re.compile(rf"\bON CLUSTER `?{re.escape(cluster)}`?\s")
     assert [name for name, sql in formatted.items() if not on_cluster.search(sql)] == []
@@ -612,10 +618,11 @@ def test_single_node_statements_parse_and_have_no_cluster_parts(client: Any) -> 
         "otel_db_1m",
         "otel_db_1m_mv",
         "otel_edges_1m",
-        *ALERTING,
+        *SHARED,
         "ALTER otel_edges_1m",
         "ALTER otel_db_1m_mv",
         *METRICS,
+        *AUDIT,
     ]
     for name, sql in formatted.items():
         assert "ON CLUSTER" not in sql, name

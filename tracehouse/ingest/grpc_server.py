@@ -9,7 +9,7 @@ follow the OTLP spec: INVALID_ARGUMENT for undecodable data, RESOURCE_EXHAUSTED 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -36,10 +36,13 @@ def create_server(
     max_request_bytes: int,
     request_timeout_s: float,
     max_workers: int = 64,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> grpc.Server:
-    """A gRPC server with the OTLP services registered; the caller binds a port and starts it."""
+    """A gRPC server with the OTLP services registered; the caller binds a port and starts it.
+    ``interceptors`` run before every call (the ingest token check)."""
     server = grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="otlp-grpc"),
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", max_request_bytes),
             ("grpc.so_reuseport", 0),

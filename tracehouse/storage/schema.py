@@ -44,7 +44,7 @@ _ENGINES = {
 }
 # Engine parameters after the replication path and replica (the version column).
 _ENGINE_ARGS = {"otel_edges_1m": "Version"}
-# Small state tables that are not telemetry (alerting, migration 0006): ${engine_<name>}, in
+# Small state tables, not telemetry (alerting 0006, audit log 0012): ${engine_<name>}, in
 # cluster mode one replica set across every node (no {shard} in the path, like the lease
 # table), so whichever node a URL reaches holds all of it. Engine family and its parameters.
 _SHARED_TABLES = {
@@ -54,6 +54,8 @@ _SHARED_TABLES = {
     "tracehouse_alert_history": ("MergeTree", ""),
     "tracehouse_silences": ("ReplacingMergeTree", "Version"),
     "tracehouse_alert_outbox": ("ReplacingMergeTree", "Version"),
+    # API changes (tracehouse/access, migration 0012).
+    "tracehouse_audit_log": ("MergeTree", ""),
 }
 # The migration whose view query carries the slow SQL thresholds (re-run when they change).
 _SLOW_SQL_MIGRATION = "db_slow_thresholds"
