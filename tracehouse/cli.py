@@ -119,6 +119,12 @@ def _cmd_bench_query(args: argparse.Namespace) -> int:
     return run_query_bench(args)
 
 
+def _cmd_bench_alerting(args: argparse.Namespace) -> int:
+    from tracehouse.alerting.bench import run_alerting_bench
+
+    return run_alerting_bench(args)
+
+
 _WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # Columns of the report table and how wide a text cell may grow before it is cut.
 _REPORT_HEADINGS = {"error_rate": "err%", "total_ms": "total_ms", "rank": "#"}
@@ -262,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_query.add_argument("--markdown", action="store_true", help="also print Markdown")
     bench_query.set_defaults(func=_cmd_bench_query)
+    bench_alerting = bench_sub.add_parser(
+        "alerting", help="alert time to detect, and the evaluation time of many rules"
+    )
+    bench_alerting.add_argument("--trials", type=int, default=3, help="time-to-detect trials")
+    bench_alerting.add_argument("--rules", type=int, default=1000, help="rules evaluated")
+    bench_alerting.add_argument("--spans", type=int, default=10_000_000, help="spans to seed")
+    bench_alerting.add_argument("--batch", type=int, default=1_000_000, help="spans per insert")
+    bench_alerting.set_defaults(func=_cmd_bench_alerting)
 
     report = sub.add_parser(
         "report", help="top-N services, operations, SQL or errors from a running server"

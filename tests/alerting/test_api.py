@@ -26,7 +26,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from tests.alerting.receiver import Receiver
 from tests.conftest import DATA, ServerFactory, query
 from tracehouse.alerting import queries
-from tracehouse.alerting.rules import parse_rules_file
+from tracehouse.alerting.rules import Rule, parse_rules_file
 from tracehouse.app import Tracehouse
 from tracehouse.storage.schema import SchemaOptions, load_migrations, render
 
@@ -378,3 +378,57 @@ def test_history_range_is_validated(env: Env) -> None:
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "start"]
     history = env.get("/alerts/history", rule=f"always-{RUN}")["history"]
     assert history and history[-1]["to"] == "firing"
+
+
+def test_rules_sharing_a_query_get_what_their_own_query_gives(env: Env) -> None:
+    """run_many batches rollup rules of one shape into one query; compare with one query per
+    rule over spans of a few services (two operations, one failing now and then)."""
+    services = [f"batch-{RUN}-{i}" for i in range(3)]
+    for n, service in enumerate(services):
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": service}), shutdown_on_exit=False
+        )
+        exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{env.app.ports.http}/v1/traces")
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = provider.get_tracer("tests.alerting")
+        now = time.time_ns()
+        for i in range(6 + n):
+            start = now - (i + 1) * 100 * MS
+            name = "GET /a" if i % 2 else "POST /b"
+            span = tracer.start_span(name, kind=SpanKind.SERVER, start_time=start)
+            if i % 3 == 0:
+                span.set_status(Status(StatusCode.ERROR))
+            span.end(end_time=start + (50 + 40 * i + 100 * n) * MS)
+        provider.shutdown()
+    assert query(
+        env.app, "SELECT count() FROM otel_red_1m WHERE ServiceName = {s:String}", s=services[-1]
+    )
+    shapes: list[dict[str, Any]] = [
+        {"kind": "latency"},
+        {"kind": "error_rate", "group_by": ["operation"], "scope": "operation"},
+        {"kind": "call_rate", "filters": {"span_kind": "server"}, "group_by": ["span_kind"]},
+    ]
+    rules = [
+        Rule.model_validate(
+            {
+                "name": f"b{i}-{j}",
+                "window": "2m",
+                "condition": {"threshold": 1},
+                **shape,
+                "filters": {**shape.get("filters", {}), "service": service},
+            }
+        )
+        for i, shape in enumerate(shapes)
+        for j, service in enumerate(services)
+    ]
+    now = dt.datetime.now(dt.UTC)
+    batched = queries.run_many(env.app.client, rules, now)
+    for rule in rules:
+        alone = queries.run(env.app.client, rule, now)
+        assert alone.error is None and alone.samples, rule.name
+        assert batched[rule.name].error is None
+        assert _by_labels(batched[rule.name].samples) == _by_labels(alone.samples), rule.name
+
+
+def _by_labels(samples: Any) -> list[tuple[list[tuple[str, str]], float | None]]:
+    return sorted((sorted(s.labels.items()), s.value) for s in samples)

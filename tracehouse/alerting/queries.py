@@ -291,3 +291,66 @@ def scaling_metric(
     if metric == "rps":
         return round(calls / float(seconds), 6)
     return round(int(errors or 0) / calls, 6) if calls else 0.0
+
+
+_BATCHED_KINDS = ("latency", "error_rate", "call_rate", "sql_latency", "sql_slow_calls")
+
+
+def _batch_key(rule: Rule) -> tuple[Any, ...] | None:
+    """Rules with equal keys can share one query (None: the rule runs alone)."""
+    if rule.kind not in _BATCHED_KINDS:
+        return None
+    labels = tuple(sorted({*rule.group_by, *(set(rule.filters) - {"span_kind"})}))
+    return (
+        rule.kind,
+        rule.scope,
+        rule.quantile,
+        tuple(_kinds(rule)),
+        rule.window,
+        rule.evaluation_delay,
+        rule.min_calls,
+        labels,
+    )
+
+
+def run_many(client: Any, rules: list[Rule], now: dt.datetime) -> dict[str, QueryResult]:
+    """The query results of many rules at ``now``, by rule name.
+
+    Rollup rules of the same kind, window and quantile share one query grouped by every label
+    they filter or group on; each rule then keeps the rows matching its filters, with its own
+    labels. The values are the ones its own query would give (the same rows are aggregated),
+    at one query per shape instead of one per rule."""
+    out: dict[str, QueryResult] = {}
+    batches: dict[tuple[Any, ...], list[Rule]] = {}
+    for rule in rules:
+        key = _batch_key(rule)
+        if key is None:
+            out[rule.name] = run(client, rule, now)
+        else:
+            batches.setdefault(key, []).append(rule)
+    for key, members in batches.items():
+        if len(members) == 1:
+            out[members[0].name] = run(client, members[0], now)
+            continue
+        labels = list(key[-1])
+        first = members[0]
+        shared = first.model_copy(
+            update={
+                "filters": {"span_kind": k} if (k := first.filters.get("span_kind")) else {},
+                "group_by": labels,
+            }
+        )
+        result = run(client, shared, now)
+        for rule in members:
+            if result.error is not None:
+                out[rule.name] = result
+                continue
+            wanted = {k: v for k, v in rule.filters.items() if k != "span_kind"}
+            out[rule.name] = QueryResult(
+                tuple(
+                    Sample({k: s.labels[k] for k in rule.group_by}, s.value, s.exemplars)
+                    for s in result.samples
+                    if all(s.labels.get(k) == v for k, v in wanted.items())
+                )
+            )
+    return out
