@@ -34,6 +34,7 @@ from tracehouse.alerting import AlertWorker
 from tracehouse.alerting import router as alerting_router
 from tracehouse.config import Settings
 from tracehouse.dashboards import ui_router
+from tracehouse.diagnosis import diagnosis_router
 from tracehouse.ingest import IngestPipeline, OtlpReceiver, PipelineLimits, Sink, Spool
 from tracehouse.query import SlowServiceDefaults, health_router, jaeger_router, read_router
 from tracehouse.storage.lease import (
@@ -42,6 +43,7 @@ from tracehouse.storage.lease import (
     LeaderElector,
     LeaderGate,
     Leadership,
+    make_store,
 )
 from tracehouse.storage.schema import load_migrations
 from tracehouse.topology import EdgeBuilder, EdgeWorker
@@ -211,12 +213,12 @@ class Tracehouse:
         leadership: Leadership = AlwaysLeader()
         if s.resolved_leader_election:
             self._lease_client = storage.connect(s.resolved_clickhouse_url, s.cluster)
+            store = make_store(s.resolved_leader_store, self._lease_client, s.cluster)
             self.leader = LeaderElector(
-                self._lease_client,
+                store,
                 lease_s=s.leader_lease_s,
                 renew_s=s.leader_renew_s,
                 settle_s=s.leader_settle_s,
-                cluster=s.cluster,
             )
             self.leader.start()
             leadership = self.leader
@@ -276,6 +278,7 @@ class Tracehouse:
             app.include_router(read_router(scoped, slow))
             app.include_router(jaeger_router(scoped))
             app.include_router(alerting_router(scoped, self.settings.alert_rules_file))
+            app.include_router(diagnosis_router(scoped), prefix="/api/v1")
             app.include_router(audit_router(self.client), prefix="/api/v1")
             app.include_router(ui_router())  # the web UI: / and /ui/*
         if self.settings.cors_allow_origins:

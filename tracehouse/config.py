@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         description="worker jobs run only while this process holds the ClickHouse lease; "
         "default: on with a ClickHouse server, off embedded (one process owns the data)",
     )
+    leader_store: Literal["auto", "table", "keeper"] = Field(
+        default="auto",
+        description="where the lease lives: table (one server), keeper (KeeperMap, needs "
+        "Keeper and keeper_map_path_prefix); auto: keeper with a cluster, else table",
+    )
     leader_lease_s: float = Field(default=15.0, gt=0, description="lease without renewal")
     leader_renew_s: float = Field(default=5.0, gt=0, description="renewal interval")
     leader_settle_s: float = Field(
@@ -133,7 +138,12 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _lease_margin(self) -> Settings:
+    def _leader_settings(self) -> Settings:
+        if self.leader_store == "table" and self.cluster:
+            raise ValueError(
+                "leader_store 'table' works on one ClickHouse server only: use 'keeper' (or "
+                "'auto') with a cluster"
+            )
         if not self.leader_renew_s + 2 * self.leader_settle_s < self.leader_lease_s:
             raise ValueError(
                 f"leader_lease_s ({self.leader_lease_s}) must exceed leader_renew_s + "
@@ -187,6 +197,12 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         return self.resolved_clickhouse_url.startswith("chdb:")
+
+    @property
+    def resolved_leader_store(self) -> Literal["table", "keeper"]:
+        if self.leader_store == "auto":
+            return "keeper" if self.cluster else "table"
+        return self.leader_store
 
     @property
     def resolved_leader_election(self) -> bool:

@@ -203,6 +203,9 @@ def test_the_configmap_file_is_a_valid_configuration_for_the_cluster(
     (cluster,) = chi["spec"]["configuration"]["clusters"]
     assert cluster["name"] == settings.cluster
     assert cluster["layout"] == {"shardsCount": 2, "replicasCount": 2}
+    # The worker lease is a KeeperMap table there: the servers must allow KeeperMap.
+    assert settings.resolved_leader_store == "keeper"
+    assert chi["spec"]["configuration"]["settings"]["keeper_map_path_prefix"].startswith("/")
 
 
 def test_config_path_points_at_the_mounted_configmap_key() -> None:

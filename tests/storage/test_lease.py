@@ -4,30 +4,55 @@ stopped, crashed or stalled leader is replaced, and the worker role's jobs follo
 Each test uses a lease name of its own in the session's one engine. Timings are short
 (lease 1.5 s) so that many changes of leadership fit in a test; the assertions are about
 order (leadership intervals on one monotonic clock must not overlap), never about speed.
+
+The store-independent tests run twice: here on the table store, and — in a child pytest, since
+chDB allows one engine per process — on the KeeperMap store, with chDB configured to use a
+real ZooKeeper (Debian's ``zookeeper`` package) started by the test.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
+import chdb
+import clickhouse_connect
 import pytest
 
 from tests.conftest import ServerFactory
+from tracehouse.config import Settings
 from tracehouse.storage import connect
 from tracehouse.storage.lease import (
+    CREATE_LEASES_SQL,
     LeaderElector,
     LeaderGate,
+    StoreKind,
+    TableStore,
     Tenure,
-    create_table_sql,
+    keeper_table_sql,
+    make_store,
 )
 
 FAST = {"lease_s": 1.5, "renew_s": 0.2, "settle_s": 0.4}
 WAIT_S = 30.0
+ROOT = Path(__file__).resolve().parents[2]
+# Set by the KeeperMap run (below) for its child pytest.
+STORE: StoreKind = (
+    "keeper" if os.environ.get("TRACEHOUSE_TEST_LEASE_STORE") == "keeper" else "table"
+)
+KEEPER_ENGINE = os.environ.get("TRACEHOUSE_TEST_KEEPER_ENGINE", "")
+# The tests that do not look at a store's rows: what the KeeperMap run repeats.
+STORE_INDEPENDENT = "contenders or takes_over or gate_builds"
+ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 
 
 class _Stallable:
@@ -72,11 +97,18 @@ def make_elector(engine_url: str, lease_name: str) -> Iterator[Factory]:
     made: list[tuple[LeaderElector, _Stallable]] = []
     counter = itertools.count()
 
+    engine: Any = None
+    if STORE == "keeper":
+        # Open the engine with its configuration (ZooKeeper, keeper_map_path_prefix) first:
+        # clients opened afterwards on the same path share it (chDB: one engine a process).
+        engine = chdb.connect(KEEPER_ENGINE)
+    url = f"chdb://{KEEPER_ENGINE.split('?')[0]}" if STORE == "keeper" else engine_url
+
     def make(**overrides: Any) -> tuple[LeaderElector, _Stallable]:
-        client = _Stallable(connect(engine_url))
+        client = _Stallable(clickhouse_connect.get_client(dsn=url))
         values: dict[str, Any] = {**FAST, "holder": f"candidate-{next(counter):03d}"}
         values.update(overrides)
-        elector = LeaderElector(client, lease_name, **values)
+        elector = LeaderElector(make_store(STORE, client), lease_name, **values)
         made.append((elector, client))
         return elector, client
 
@@ -85,6 +117,8 @@ def make_elector(engine_url: str, lease_name: str) -> Iterator[Factory]:
         client.resume()
         elector.stop(release=False, timeout_s=5)
         client.close()
+    if engine is not None:
+        engine.close()
 
 
 def _wait_for(condition: Callable[[], bool], what: str) -> None:
@@ -130,7 +164,7 @@ def _rows(engine_url: str, name: str) -> list[tuple[Any, ...]]:
 # --- one elector ----------------------------------------------------------------------------
 
 
-def test_an_unheld_lease_is_claimed_renewed_and_released(
+def test_table_store_an_unheld_lease_is_claimed_renewed_and_released(
     make_elector: Factory, engine_url: str, lease_name: str
 ) -> None:
     elector, _ = make_elector()
@@ -160,7 +194,14 @@ def test_contenders_never_lead_at_the_same_time_over_many_changes(make_elector: 
     """Three contenders; the leader is, in turn, stopped cleanly, crashed (no release) or
     stalled past its deadline, and replaced by a fresh contender each time. Leadership
     intervals of all of them must never overlap, and terms only grow."""
-    live = [make_elector()[0] for _ in range(3)]
+    clients: dict[str, _Stallable] = {}
+
+    def contender() -> LeaderElector:
+        elector, client = make_elector()
+        clients[elector.holder] = client
+        return elector
+
+    live = [contender() for _ in range(3)]
     everyone: list[LeaderElector] = list(live)
     for elector in live:
         elector.start()
@@ -171,14 +212,14 @@ def test_contenders_never_lead_at_the_same_time_over_many_changes(make_elector: 
         live.remove(leader)
         mode = ("release", "crash", "stall")[round_ % 3]
         if mode == "stall":
-            client = leader._client  # the _Stallable the factory gave it
+            client = clients[leader.holder]
             client.stall()
             stalled.append((leader, client))
             # The stalled leader gives up by its own clock, even while stuck in a call.
             _wait_for(lambda leader=leader: not leader.is_leader(), "stalled leader stepping down")
         else:
             leader.stop(release=(mode == "release"))
-        fresh, _ = make_elector()
+        fresh = contender()
         fresh.start()
         live.append(fresh)
         everyone.append(fresh)
@@ -238,30 +279,35 @@ def test_unsafe_or_empty_parameters_are_refused_naming_them(
     values.update(overrides)
     name = values.pop("name")
     with pytest.raises(ValueError, match=message):
-        LeaderElector(object(), name, **values)
+        LeaderElector(TableStore(object()), name, **values)
+
+
+def test_a_table_lease_on_a_cluster_is_refused_naming_the_setting() -> None:
+    with pytest.raises(ValueError, match="leader_store 'table' works on one ClickHouse server"):
+        Settings(cluster="prod", leader_store="table")
+    assert Settings(cluster="prod").resolved_leader_store == "keeper"
+    assert Settings().resolved_leader_store == "table"
 
 
 @pytest.mark.parametrize("cluster", [None, "tracehouse", "ch-prod.eu_1"])
-def test_lease_table_ddl_parses_for_one_server_and_on_cluster(
-    engine_url: str, cluster: str | None
-) -> None:
+def test_lease_table_ddl_parses(engine_url: str, cluster: str | None) -> None:
     client = connect(engine_url)
     try:
-        (formatted,) = client.query(
-            "SELECT formatQuery({q:String})", parameters={"q": create_table_sql(cluster)}
-        ).first_row
+
+        def formatted(sql: str) -> str:
+            return str(
+                client.query("SELECT formatQuery({q:String})", parameters={"q": sql}).first_row[0]
+            )
+
+        table = formatted(CREATE_LEASES_SQL)
+        keeper = formatted(keeper_table_sql(cluster, "otel's"))
     finally:
         client.close()
-    assert formatted.startswith("CREATE TABLE IF NOT EXISTS tracehouse_leases")
-    if cluster is None:
-        assert "ENGINE = MergeTree" in formatted and "CLUSTER" not in formatted
-    else:
-        assert f"ON CLUSTER `{cluster}`" in formatted or f"ON CLUSTER {cluster}" in formatted
-        # One replica set over every node: no {shard} in the replication path.
-        assert "ReplicatedMergeTree('/clickhouse/tracehouse/{database}/tracehouse_leases'" in (
-            formatted
-        )
-        assert "{shard}" not in formatted
+    assert table.startswith("CREATE TABLE IF NOT EXISTS tracehouse_leases\n")
+    assert "ENGINE = MergeTree" in table
+    assert keeper.startswith("CREATE TABLE IF NOT EXISTS tracehouse_leases_keeper")
+    assert "ENGINE = KeeperMap('/tracehouse/otel\\'s/leases')" in keeper
+    assert ("ON CLUSTER" in keeper) == (cluster is not None)
 
 
 # --- the worker role ------------------------------------------------------------------------
@@ -328,3 +374,101 @@ def test_two_worker_processes_run_the_jobs_one_at_a_time(make_server: ServerFact
     leader.stop()
     _wait_for(lambda: follower.edges is not None, "the other worker taking over")
     assert leader.edges is None
+
+
+# --- the KeeperMap store, over a real ZooKeeper ---------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _zookeeper_status(port: int) -> dict[str, str]:
+    """The `srvr` four-letter command's answer as a dict ({} while it does not answer)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"srvr")
+            answer = sock.recv(4096).decode()
+    except OSError:
+        return {}
+    pairs = (line.split(":", 1) for line in answer.splitlines() if ":" in line)
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+@pytest.fixture
+def zookeeper(tmp_path: Path) -> Iterator[int]:
+    """A standalone ZooKeeper on loopback (Debian's zookeeper package; `.ci/run` installs
+    it): ClickHouse speaks the same protocol to it as to ClickHouse Keeper."""
+    assert ZOOKEEPER_JAR.is_file(), (
+        f"{ZOOKEEPER_JAR} missing: install Debian's zookeeper package (.ci/run does)"
+    )
+    port = _free_port()
+    data = tmp_path / "zookeeper"
+    data.mkdir()
+    server = subprocess.Popen(
+        [
+            "java",
+            "-Dzookeeper.admin.enableServer=false",
+            "-cp",
+            str(ZOOKEEPER_JAR),
+            "org.apache.zookeeper.server.ZooKeeperServerMain",
+            str(port),
+            str(data),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(
+            lambda: _zookeeper_status(port).get("Mode") == "standalone", "ZooKeeper answering"
+        )
+        yield port
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_the_same_protocol_runs_on_keepermap_over_zookeeper(zookeeper: int, tmp_path: Path) -> None:
+    """The store-independent tests above, again, on the KeeperMap store: chDB configured with
+    a ZooKeeper and keeper_map_path_prefix, in a child pytest (one chDB engine per process)."""
+    assert STORE == "table", "the KeeperMap run starts from the table run only"
+    config = tmp_path / "clickhouse.xml"
+    config.write_text(
+        "<clickhouse>\n"
+        "  <keeper_map_path_prefix>/keeper_map_tables</keeper_map_path_prefix>\n"
+        f"  <zookeeper><node><host>127.0.0.1</host><port>{zookeeper}</port></node>"
+        "</zookeeper>\n"
+        "</clickhouse>\n"
+    )
+    engine = f"{tmp_path / 'engine'}?config-file={config}"
+    env = {
+        **os.environ,
+        "TRACEHOUSE_TEST_LEASE_STORE": "keeper",
+        "TRACEHOUSE_TEST_KEEPER_ENGINE": engine,
+    }
+    nodes_before = int(_zookeeper_status(zookeeper)["Node count"])
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(Path(__file__).relative_to(ROOT)),
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-k",
+            STORE_INDEPENDENT,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    summary = child.stdout.strip().splitlines()[-1] if child.stdout.strip() else ""
+    assert child.returncode == 0, child.stdout[-4000:] + child.stderr[-2000:]
+    assert summary.startswith("4 passed"), summary
+    # They ran on KeeperMap: its table and lease rows are znodes in this ZooKeeper now.
+    assert int(_zookeeper_status(zookeeper)["Node count"]) >= nodes_before + 5

@@ -1,25 +1,27 @@
 """Leader election over ClickHouse: the worker role's jobs run in one process at a time.
 
-A lease is a series of rows in ``tracehouse_leases``: candidates *claim* a term, the holder
-*renews* it, and a stopping holder *releases* it. ClickHouse has no compare-and-swap on
-MergeTree tables, so the protocol relies only on what a single ClickHouse server (or, in
-cluster mode, quorum inserts read with sequential consistency) does guarantee — a row whose
-``INSERT`` has returned is seen by every later ``SELECT`` — plus bounded timing, checked
-where it is measured. The protocol and its safety argument are in
-``docs/decisions/0012-leader-election.md``; in short:
+Two stores hold the lease, with one elector on top (the protocol and its safety argument:
+``docs/decisions/0012-leader-election.md``):
 
-- **Claim** (Fischer's mutual exclusion, with rows): a follower that has seen the latest term
-  unchanged for ``lease_s`` (or released) re-reads it, and if it is still the same inserts a
-  claim for the next term. If the re-read and the insert together took longer than
-  ``settle_s / 2`` it abstains. It waits ``settle_s``, then reads the term's claims: every
-  candidate that claimed in time sees the same claims, and the smallest holder id wins.
-- **Lease**: the winner leads until ``lease_start + lease_s - settle_s`` on its own monotonic
-  clock, where ``lease_start`` is when it *began* the read before its claim (renewals: when
-  it began the renewal insert). Every other process measures ``lease_s`` from when it *saw*
-  the latest row, which is later; the ``settle_s`` margin covers clock-rate differences and
-  stopping the jobs.
-- **Fencing by term**: terms only grow; a holder that sees a higher term, a release, or its
-  deadline pass stops leading at once, and never resumes without winning a new term.
+- :class:`TableStore` (one ClickHouse server, and the embedded engine): a series of rows in
+  the MergeTree table ``tracehouse_leases``. MergeTree has no compare-and-swap, so a claim is
+  Fischer's mutual exclusion with rows: a follower that has seen the latest term unchanged for
+  ``lease_s`` (or released) re-reads it and, if it is still the same, inserts a claim for the
+  next term; if re-read and insert took longer than ``settle_s / 2`` it abstains; it waits
+  ``settle_s`` and reads the term's claims — every candidate that claimed in time sees the
+  same claims, and the smallest holder id wins. It relies on what a single server guarantees:
+  a row whose ``INSERT`` has returned is seen by every later ``SELECT``.
+- :class:`KeeperStore` (a cluster; any server with Keeper and ``keeper_map_path_prefix``): one
+  row per lease in a ``KeeperMap`` table written in ``keeper_map_strict_mode``, where an
+  ``INSERT`` of an existing key fails and an ``ALTER … UPDATE`` is a versioned write: a claim
+  is a compare-and-swap of (term, sequence) and a read-back says who won.
+
+Either way the winner leads until ``lease_start + lease_s - settle_s`` on its own monotonic
+clock, where ``lease_start`` is when it *began* the read before its claim (renewals: when it
+began the renewal write), while every other process measures ``lease_s`` from when it *saw*
+the latest state, which is later; the ``settle_s`` margin covers clock-rate differences and
+stopping the jobs. Terms only grow (fencing): a holder that sees a higher term, a release,
+or its deadline pass stops leading at once and never resumes without winning a new term.
 
 :class:`LeaderGate` starts the worker's jobs when this process becomes the leader and stops
 them when it stops being one.
@@ -36,36 +38,29 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from string import Template
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from prometheus_client import Counter, Gauge
 
 log = logging.getLogger(__name__)
 
 LEASES_TABLE = "tracehouse_leases"
+KEEPER_TABLE = "tracehouse_leases_keeper"
+StoreKind = Literal["table", "keeper"]
 
 # Coordination rows, not telemetry: created by the elector itself (like the migrations
-# table by the migrator) because the engine depends on the deployment, see decision 0012.
+# table by the migrator) because which table depends on the deployment, see decision 0012.
 # Rows older than a week expire; an idle lease table then starts again at term 1.
-_CREATE_LEASES = Template(
-    """CREATE TABLE IF NOT EXISTS tracehouse_leases $on_cluster (
+CREATE_LEASES_SQL = """CREATE TABLE IF NOT EXISTS tracehouse_leases (
     Name LowCardinality(String),
     Term UInt64,
     Seq UInt64,
     Kind Enum8('claim' = 1, 'renew' = 2, 'release' = 3),
     Holder String,
     At DateTime64(3) DEFAULT now64(3)
-) ENGINE = $engine
+) ENGINE = MergeTree
 ORDER BY (Name, Term, Seq, Holder)
 TTL toDateTime(At) + toIntervalDay(7)"""
-)
-# Cluster mode: one replica set across every node (no {shard} in the path), so any node
-# the URL reaches holds the whole lease; inserts wait for a quorum, reads need the latest.
-_CLUSTER_ENGINE = (
-    "ReplicatedMergeTree('/clickhouse/tracehouse/{database}/tracehouse_leases', '{replica}')"
-)
-_CLUSTER_INSERT_SETTINGS = {"insert_quorum": "auto", "insert_quorum_parallel": 0}
-_CLUSTER_SELECT_SETTINGS = {"select_sequential_consistency": 1}
 
 # Every row of the latest term of one lease (no rows: never held).
 LATEST_TERM_SQL = """
@@ -82,6 +77,47 @@ INSERT INTO tracehouse_leases (Name, Term, Seq, Kind, Holder)
 SELECT {name:String}, {term:UInt64}, {seq:UInt64}, {kind:String}, {holder:String}
 """
 
+# One row per lease, in Keeper. The path is under the server's keeper_map_path_prefix and
+# names the database, so two tracehouse databases on one cluster have separate leases.
+_CREATE_KEEPER = Template(
+    """CREATE TABLE IF NOT EXISTS tracehouse_leases_keeper $on_cluster (
+    Name String,
+    Term UInt64,
+    Seq UInt64,
+    Holder String,
+    Released UInt8
+) ENGINE = KeeperMap($path)
+PRIMARY KEY Name"""
+)
+KEEPER_READ_SQL = """
+SELECT Term, Seq, Holder, Released FROM tracehouse_leases_keeper WHERE Name = {name:String}
+"""
+# The first term: fails in strict mode if the key exists.
+KEEPER_INSERT_SQL = """
+INSERT INTO tracehouse_leases_keeper (Name, Term, Seq, Holder, Released)
+SELECT {name:String}, 1, 0, {holder:String}, 0
+"""
+# Compare-and-swap: changes the row only if it is still the state the caller read; strict
+# mode makes the read and the write one versioned Keeper operation.
+KEEPER_CLAIM_SQL = """
+ALTER TABLE tracehouse_leases_keeper
+UPDATE Term = {term:UInt64}, Seq = 0, Holder = {holder:String}, Released = 0
+WHERE Name = {name:String} AND Term = {seen_term:UInt64} AND Seq = {seen_seq:UInt64}
+  AND Holder = {seen_holder:String} AND Released = {seen_released:UInt8}
+"""
+KEEPER_RENEW_SQL = """
+ALTER TABLE tracehouse_leases_keeper
+UPDATE Seq = {seq:UInt64}
+WHERE Name = {name:String} AND Term = {term:UInt64} AND Holder = {holder:String}
+  AND Seq = {seen_seq:UInt64} AND Released = 0
+"""
+KEEPER_RELEASE_SQL = """
+ALTER TABLE tracehouse_leases_keeper
+UPDATE Released = 1, Seq = {seq:UInt64}
+WHERE Name = {name:String} AND Term = {term:UInt64} AND Holder = {holder:String}
+"""
+_STRICT = {"keeper_map_strict_mode": 1}
+
 LEADER = Gauge("tracehouse_worker_leader", "1 while this process holds the lease", ["lease"])
 TERM = Gauge(
     "tracehouse_worker_leader_term", "Latest term of the lease this process saw", ["lease"]
@@ -93,12 +129,19 @@ TRANSITIONS = Counter(
 )
 
 
-def create_table_sql(cluster: str | None) -> str:
-    """The DDL of the lease table, for one server or ``ON CLUSTER``."""
-    if cluster is None:
-        return _CREATE_LEASES.substitute(on_cluster="", engine="MergeTree")
-    quoted = "`" + cluster.replace("\\", "\\\\").replace("`", "\\`") + "`"
-    return _CREATE_LEASES.substitute(on_cluster=f"ON CLUSTER {quoted}", engine=_CLUSTER_ENGINE)
+def _quote_identifier(name: str) -> str:
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def _quote_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def keeper_table_sql(cluster: str | None, database: str) -> str:
+    """The DDL of the KeeperMap lease table, for one server or ``ON CLUSTER``."""
+    on_cluster = f"ON CLUSTER {_quote_identifier(cluster)}" if cluster else ""
+    path = _quote_string(f"/tracehouse/{database}/leases")
+    return _CREATE_KEEPER.substitute(on_cluster=on_cluster, path=path)
 
 
 def default_holder_id() -> str:
@@ -121,6 +164,153 @@ class LeaseState:
         return self.claimants[0] if self.claimants else None
 
 
+NEVER_HELD = LeaseState(0, 0, False, ())
+
+
+class LeaseStore(Protocol):
+    """Where a lease lives; :class:`LeaderElector` runs the same timing over either."""
+
+    #: Claims race (no compare-and-swap): the claimer must settle before reading the winner.
+    settles: bool
+
+    def ensure(self) -> None:
+        """Create the table if needed (idempotent)."""
+
+    def read(self, name: str) -> LeaseState:
+        """The lease's latest state."""
+
+    def claim(self, name: str, seen: LeaseState, holder: str) -> None:
+        """Try to take term ``seen.term + 1``; who won is what a later :meth:`read` says."""
+
+    def renew(self, name: str, seen: LeaseState, seq: int, holder: str) -> bool:
+        """Record renewal ``seq`` of the held term; False when the lease was not ours."""
+
+    def release(self, name: str, term: int, seq: int, holder: str) -> None:
+        """Hand the term back."""
+
+
+class TableStore:
+    """The lease as rows of a MergeTree table, for one ClickHouse server (see module doc)."""
+
+    settles = True
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def ensure(self) -> None:
+        self._client.command(CREATE_LEASES_SQL)
+
+    def read(self, name: str) -> LeaseState:
+        rows = self._client.query(LATEST_TERM_SQL, parameters={"name": name}).result_rows
+        if not rows:
+            return NEVER_HELD
+        return LeaseState(
+            term=int(rows[0][0]),
+            seq=max(int(r[1]) for r in rows),
+            released=any(r[2] == "release" for r in rows),
+            claimants=tuple(sorted(str(r[3]) for r in rows if r[2] == "claim")),
+        )
+
+    def _insert(self, name: str, term: int, seq: int, kind: str, holder: str) -> None:
+        self._client.command(
+            INSERT_ROW_SQL,
+            parameters={"name": name, "term": term, "seq": seq, "kind": kind, "holder": holder},
+        )
+
+    def claim(self, name: str, seen: LeaseState, holder: str) -> None:
+        self._insert(name, seen.term + 1, 0, "claim", holder)
+
+    def renew(self, name: str, seen: LeaseState, seq: int, holder: str) -> bool:
+        self._insert(name, seen.term, seq, "renew", holder)
+        return True
+
+    def release(self, name: str, term: int, seq: int, holder: str) -> None:
+        self._insert(name, term, seq, "release", holder)
+
+
+class KeeperStore:
+    """The lease as one row of a ``KeeperMap`` table, written with compare-and-swap."""
+
+    settles = False
+
+    def __init__(self, client: Any, cluster: str | None = None) -> None:
+        self._client = client
+        self._cluster = cluster
+
+    def ensure(self) -> None:
+        database = str(self._client.command("SELECT currentDatabase()"))
+        self._client.command(keeper_table_sql(self._cluster, database))
+
+    def read(self, name: str) -> LeaseState:
+        rows = self._client.query(KEEPER_READ_SQL, parameters={"name": name}).result_rows
+        if not rows:
+            return NEVER_HELD
+        ((term, seq, holder, released),) = rows
+        return LeaseState(int(term), int(seq), bool(released), (str(holder),))
+
+    def claim(self, name: str, seen: LeaseState, holder: str) -> None:
+        try:
+            if seen.term == 0:
+                self._client.command(
+                    KEEPER_INSERT_SQL, parameters={"name": name, "holder": holder}, settings=_STRICT
+                )
+                return
+            self._client.command(
+                KEEPER_CLAIM_SQL,
+                parameters={
+                    "name": name,
+                    "term": seen.term + 1,
+                    "holder": holder,
+                    "seen_term": seen.term,
+                    "seen_seq": seen.seq,
+                    "seen_holder": seen.holder or "",
+                    "seen_released": int(seen.released),
+                },
+                settings=_STRICT,
+            )
+        except Exception as exc:  # lost the race (key exists, version changed): read says so
+            log.debug("lease %s: claim refused: %s", name, exc)
+
+    def renew(self, name: str, seen: LeaseState, seq: int, holder: str) -> bool:
+        self._client.command(
+            KEEPER_RENEW_SQL,
+            parameters={
+                "name": name,
+                "term": seen.term,
+                "holder": holder,
+                "seq": seq,
+                "seen_seq": seen.seq,
+            },
+            settings=_STRICT,
+        )
+        after = self.read(name)
+        return (after.term, after.seq, after.holder, after.released) == (
+            seen.term,
+            seq,
+            holder,
+            False,
+        )
+
+    def release(self, name: str, term: int, seq: int, holder: str) -> None:
+        self._client.command(
+            KEEPER_RELEASE_SQL,
+            parameters={"name": name, "term": term, "seq": seq, "holder": holder},
+            settings=_STRICT,
+        )
+
+
+def make_store(kind: StoreKind, client: Any, cluster: str | None = None) -> LeaseStore:
+    """The store of ``kind``: ``table`` for one server, ``keeper`` for a cluster."""
+    if kind == "keeper":
+        return KeeperStore(client, cluster)
+    if cluster:
+        raise ValueError(
+            "leader_store 'table' works on one ClickHouse server only; with a cluster use "
+            "'keeper' (KeeperMap, see docs/decisions/0012-leader-election.md)"
+        )
+    return TableStore(client)
+
+
 @dataclass
 class Tenure:
     """One period of leadership: ``start``..``end`` on this process's monotonic clock.
@@ -132,7 +322,8 @@ class Tenure:
 
 
 class LeaderElector:
-    """Holds or follows the lease ``name`` in a daemon thread; :meth:`is_leader` tells.
+    """Holds or follows the lease ``name`` in ``store``, in a daemon thread;
+    :meth:`is_leader` tells.
 
     ``lease_s``: how long a lease lasts without renewal; ``renew_s``: how often the holder
     renews (and followers look); ``settle_s``: the claim settle delay, also the margin by
@@ -142,13 +333,12 @@ class LeaderElector:
 
     def __init__(
         self,
-        client: Any,
+        store: LeaseStore,
         name: str = "worker",
         *,
         lease_s: float = 15.0,
         renew_s: float = 5.0,
         settle_s: float = 2.0,
-        cluster: str | None = None,
         holder: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -163,14 +353,13 @@ class LeaderElector:
             )
         if not name:
             raise ValueError("name must not be empty")
-        self._client = client
+        self.store = store
         self.name = name
         self.lease_s = lease_s
         self.renew_s = renew_s
         self.settle_s = settle_s
-        # A claim whose re-read and insert took longer than this abstains (see the module doc).
+        # A racing claim whose re-read and insert took longer than this abstains.
         self.claim_limit_s = settle_s / 2
-        self.cluster = cluster
         self.holder = holder or default_holder_id()
         self._clock = clock
         self._lock = threading.Lock()
@@ -186,13 +375,9 @@ class LeaderElector:
 
     # -- public -------------------------------------------------------------------------------
 
-    def ensure_table(self) -> None:
-        """Create the lease table if it does not exist (idempotent)."""
-        self._client.command(create_table_sql(self.cluster))
-
     def start(self) -> None:
         """Create the table and start following (and, when possible, taking) the lease."""
-        self.ensure_table()
+        self.store.ensure()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name=f"lease-{self.name}", daemon=True)
         self._thread.start()
@@ -215,7 +400,7 @@ class LeaderElector:
         self._lose("stopped")
         if release and term is not None:
             try:
-                self._insert(term, seq + 1, "release")
+                self.store.release(self.name, term, seq + 1, self.holder)
                 TRANSITIONS.labels(self.name, "released").inc()
             except Exception as exc:
                 log.warning("lease %s: release failed (%s); it will expire", self.name, exc)
@@ -257,37 +442,12 @@ class LeaderElector:
             self._stop.wait(wait)
 
     def _read(self) -> tuple[LeaseState, float]:
-        """The latest term, and the monotonic time the read returned (not before any row it
-        saw was inserted)."""
-        settings = _CLUSTER_SELECT_SETTINGS if self.cluster else None
-        rows = self._client.query(
-            LATEST_TERM_SQL, parameters={"name": self.name}, settings=settings
-        ).result_rows
+        """The latest state, and the monotonic time the read returned (not before anything
+        it saw was written)."""
+        state = self.store.read(self.name)
         returned = self._clock()
-        if not rows:
-            return LeaseState(0, 0, False, ()), returned
-        term = int(rows[0][0])
-        state = LeaseState(
-            term=term,
-            seq=max(int(r[1]) for r in rows),
-            released=any(r[2] == "release" for r in rows),
-            claimants=tuple(sorted(str(r[3]) for r in rows if r[2] == "claim")),
-        )
-        TERM.labels(self.name).set(term)
+        TERM.labels(self.name).set(state.term)
         return state, returned
-
-    def _insert(self, term: int, seq: int, kind: str) -> None:
-        self._client.command(
-            INSERT_ROW_SQL,
-            parameters={
-                "name": self.name,
-                "term": term,
-                "seq": seq,
-                "kind": kind,
-                "holder": self.holder,
-            },
-            settings=_CLUSTER_INSERT_SETTINGS if self.cluster else None,
-        )
 
     def _observe(self, state: LeaseState, seen_at: float) -> None:
         if state != self._observed:
@@ -309,19 +469,20 @@ class LeaderElector:
             self._observe(state, seen_at)
             return 0.0
         term = state.term + 1
-        self._insert(term, 0, "claim")
-        inserted = self._clock()
-        if inserted - started > self.claim_limit_s:
-            log.info(
-                "lease %s: claim of term %d took %.3f s (> %.3f s): abstaining",
-                self.name,
-                term,
-                inserted - started,
-                self.claim_limit_s,
-            )
-            return self.renew_s
-        if self._stop.wait(max(0.0, inserted + self.settle_s - self._clock())):
-            return 0.0
+        self.store.claim(self.name, state, self.holder)
+        if self.store.settles:
+            claimed = self._clock()
+            if claimed - started > self.claim_limit_s:
+                log.info(
+                    "lease %s: claim of term %d took %.3f s (> %.3f s): abstaining",
+                    self.name,
+                    term,
+                    claimed - started,
+                    self.claim_limit_s,
+                )
+                return self.renew_s
+            if self._stop.wait(max(0.0, claimed + self.settle_s - self._clock())):
+                return 0.0
         decided, seen_at = self._read()
         self._observe(decided, seen_at)
         deadline = started + self.lease_s - self.settle_s
@@ -337,7 +498,7 @@ class LeaderElector:
             LEADER.labels(self.name).set(1)
             TRANSITIONS.labels(self.name, "acquired").inc()
             log.info("lease %s: leading, term %d (%s)", self.name, term, self.holder)
-            return 0.0  # renew at once: the winner's own row
+            return 0.0  # renew at once
         return self.renew_s
 
     def _renew(self) -> float:
@@ -349,15 +510,16 @@ class LeaderElector:
             return 0.0
         seq = max(state.seq, self._seq) + 1
         sent = self._clock()
-        self._insert(state.term, seq, "renew")
+        renewed = self.store.renew(self.name, state, seq, self.holder)
         returned = self._clock()
+        if not renewed:
+            self._lose("the renewal did not apply")
+            return 0.0
         with self._lock:
             if self._term != term:
                 return 0.0
-            if returned >= self._deadline:
-                overdue = True
-            else:
-                overdue = False
+            overdue = returned >= self._deadline
+            if not overdue:
                 self._seq = seq
                 self._deadline = sent + self.lease_s - self.settle_s
                 self.tenures[-1].end = self._deadline
