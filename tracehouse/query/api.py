@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from tracehouse.query import logs, reports, services, slow_services, sql, traces
+from tracehouse.query import logs, metrics, reports, services, slow_services, sql, traces
 from tracehouse.query.slow_services import SlowServiceDefaults
 from tracehouse.topology import api as topology
 
@@ -18,6 +18,7 @@ _AREAS: tuple[Callable[[Any], APIRouter], ...] = (
     services.router,
     sql.router,
     reports.router,
+    metrics.router,
     topology.router,  # /topology: in tracehouse/topology/api.py, beside the job filling it
 )
 
