@@ -10,6 +10,7 @@ saves screenshots under one directory per test session.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,19 @@ class Tab:
     def wait_ready(self) -> Page:
         self.page.wait_for_selector("main > .page[data-ready]", state="attached")
         return self.page
+
+    def wait_for(self, condition: str, timeout_ms: float = LOAD_TIMEOUT_MS) -> None:
+        """Wait until the JavaScript expression ``condition`` is true in the page.
+
+        Polled from here with ``evaluate`` rather than ``page.wait_for_function``, whose
+        in-page polling evaluates a string with ``eval``, which the UI's Content-Security-Policy
+        (``script-src 'self'``) forbids, as it should.
+        """
+        deadline = time.monotonic() + timeout_ms / 1000
+        while not self.page.evaluate(condition):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"still false after {timeout_ms / 1000:.0f} s: {condition}")
+            self.page.wait_for_timeout(50)
 
     def route(self) -> str:
         """The current ``#/…`` route."""

@@ -274,7 +274,7 @@ def test_services_are_marked_failing_from_their_error_rate(tab: Tab, demo: Demo)
 def test_services_sort_by_a_column_header_into_the_url(tab: Tab, demo: Demo) -> None:
     page = tab.open("services")
     page.get_by_role("columnheader", name="p99", exact=True).click()
-    page.wait_for_function("location.hash.includes('sort=p99_ms')")
+    tab.wait_for("location.hash.includes('sort=p99_ms')")
     tab.wait_ready()
     assert "dir=desc" in tab.route()
     p99 = {s["service"]: s["p99_ms"] for s in demo.api("/services")["services"]}
@@ -289,10 +289,10 @@ def test_auto_refresh_reloads_the_data(tab: Tab, demo: Demo) -> None:
     page = tab.open("services?refresh=10s")
     page.evaluate("document.querySelector('main > .page').dataset.marker = 'before'")
     # The next refresh builds a new page off-screen and swaps it in once loaded.
-    page.wait_for_function(
+    tab.wait_for(
         "!document.querySelector('main > .page[data-marker]')"
         " && !!document.querySelector('main > .page[data-ready]')",
-        timeout=60_000,
+        timeout_ms=60_000,
     )
     assert demo.s("payment") in page.locator("main").inner_text()
     assert_clean(tab)
@@ -362,7 +362,7 @@ def test_topology_has_the_demo_nodes_and_edges(tab: Tab, demo: Demo) -> None:
 def test_clicking_a_node_opens_its_service(tab: Tab, demo: Demo) -> None:
     page = tab.open(demo.around_checkout)
     page.locator(f'[data-node="{demo.s("checkout")}"] .shape').click()
-    page.wait_for_function("location.hash.startsWith('#/service?')")
+    tab.wait_for("location.hash.startsWith('#/service?')")
     tab.wait_ready()
     assert page.locator("[data-title=service]").inner_text() == demo.s("checkout")
     assert_clean(tab)
@@ -397,7 +397,7 @@ def test_topology_focuses_on_a_service(tab: Tab, demo: Demo) -> None:
     page = tab.open("topology")
     page.fill("input[name=service]", demo.s("payment"))
     page.locator("form.tools button[type=submit]").click()
-    page.wait_for_function("location.hash.includes('service=')")
+    tab.wait_for("location.hash.includes('service=')")
     tab.wait_ready()
     nodes = {n.get_attribute("data-node") for n in page.locator("[data-node]").all()}
     assert nodes == {demo.s("checkout"), demo.s("payment")}  # one hop around payment
@@ -410,15 +410,13 @@ def test_topology_zooms_and_pans_into_the_url(tab: Tab, demo: Demo) -> None:
     assert box is not None
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
     page.mouse.wheel(0, -400)
-    page.wait_for_function("location.hash.includes('z=')")
+    tab.wait_for("location.hash.includes('z=')")
     before = page.locator("g.viewport").get_attribute("transform")
     page.mouse.move(box["x"] + 40, box["y"] + box["height"] - 60)
     page.mouse.down()
     page.mouse.move(box["x"] + 140, box["y"] + box["height"] - 20, steps=5)
     page.mouse.up()
-    page.wait_for_function(
-        f"document.querySelector('g.viewport').getAttribute('transform') !== {before!r}"
-    )
+    tab.wait_for(f"document.querySelector('g.viewport').getAttribute('transform') !== {before!r}")
     route = tab.route()
     page.reload()
     tab.wait_ready()
@@ -500,10 +498,10 @@ def test_reports_switch_entity_and_ranking(tab: Tab, demo: Demo) -> None:
     top_error = demo.api("/reports/top", entity="error")["rows"][0]
     assert top_error["service"] in first and top_error["operation"] in first
     page.select_option("select[name=entity]", "sql")
-    page.wait_for_function("location.hash.includes('entity=sql')")
+    tab.wait_for("location.hash.includes('entity=sql')")
     tab.wait_ready()
     page.select_option("select[name=by]", "p99")
-    page.wait_for_function("location.hash.includes('by=p99')")
+    tab.wait_for("location.hash.includes('by=p99')")
     tab.wait_ready()
     top_sql = demo.api("/reports/top", entity="sql", by="p99")["rows"][0]
     assert top_sql["fingerprint"] in page.locator('tr[data-rank="1"]').inner_text()
@@ -552,13 +550,13 @@ def test_alerts_page_shows_the_alerting_api_or_says_it_is_missing(tab: Tab, demo
 def test_time_range_and_refresh_live_in_the_url(tab: Tab, demo: Demo) -> None:
     page = tab.open("sql")
     page.select_option("#range", "15m")
-    page.wait_for_function("location.hash.includes('range=15m')")
+    tab.wait_for("location.hash.includes('range=15m')")
     tab.wait_ready()
     page.select_option("#refresh", "30s")
-    page.wait_for_function("location.hash.includes('refresh=30s')")
+    tab.wait_for("location.hash.includes('refresh=30s')")
     tab.wait_ready()
     page.select_option("select[name=sort]", "p99")
-    page.wait_for_function("location.hash.includes('sort=p99')")
+    tab.wait_for("location.hash.includes('sort=p99')")
     tab.wait_ready()
     route = tab.route()
     # The link reproduces the view, and moving to another page keeps the time range.
@@ -580,7 +578,7 @@ def test_a_custom_time_range_with_no_data_says_what_to_do(tab: Tab, demo: Demo) 
     page.fill("#from", "2001-01-01T00:00")
     page.fill("#to", "2001-01-01T01:00")
     page.get_by_role("button", name="Apply").click()
-    page.wait_for_function("location.hash.includes('from=')")
+    tab.wait_for("location.hash.includes('from=')")
     tab.wait_ready()
     start = page.evaluate("new Date('2001-01-01T00:00').getTime()")  # the browser's local time
     assert f"from={start}" in tab.route() and f"to={start + 3_600_000}" in tab.route()
