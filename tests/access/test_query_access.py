@@ -15,6 +15,7 @@ Tokens: ``admin`` (every service), ``ab`` (viewer of a and b), ``editor`` (edito
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Iterator
@@ -28,6 +29,7 @@ import yaml
 
 from tests.topology.spans import Run, Span, send
 from tracehouse.access import token_digest
+from tracehouse.access.scope import TABLE_FILTERS, UNSCOPED_TABLES
 from tracehouse.app import Tracehouse
 from tracehouse.config import Settings
 from tracehouse.topology import EdgeBuilder
@@ -279,6 +281,38 @@ def test_the_jaeger_api_is_scoped_too(site: Site) -> None:
     assert site.mine(services) == {"a"}
     missing = site.get(f"/jaeger/api/traces/{site.traces['c']}", "ab")
     assert missing.status_code == 404
+
+
+def test_every_table_is_filtered_for_scopes_or_holds_no_service_data(site: Site) -> None:
+    tables = {
+        name
+        for (name,) in site.app.client.query(
+            "SELECT name FROM system.tables WHERE database = currentDatabase() "
+            "AND engine NOT IN ('MaterializedView', 'View')"
+        ).result_rows
+    }
+    assert "otel_traces" in tables
+    unlisted = tables - set(TABLE_FILTERS) - UNSCOPED_TABLES
+    assert unlisted == set(), "add these to TABLE_FILTERS or UNSCOPED_TABLES"
+
+
+def test_alerts_of_other_services_are_not_seen(site: Site) -> None:
+    now = dt.datetime.now(dt.UTC)
+    rule = f"latency-{site.run.suffix}"
+    rows = [
+        [rule, f"fp-{name}", {"service": site.n(name)}, "firing", now, now, time.time_ns()]
+        for name in ("a", "c")
+    ]
+    columns = ["Rule", "Fingerprint", "Labels", "State", "ActiveAt", "LastEvaluation", "Version"]
+    site.app.client.insert("tracehouse_alert_state", rows, column_names=columns)
+
+    def firing(token: str) -> set[str]:
+        alerts = site.ok("/api/v1/alerts", token)["alerts"]
+        return site.mine(a["labels"]["service"] for a in alerts if a["rule"] == rule)
+
+    assert firing("admin") == {"a", "c"}
+    assert firing("ab") == {"a"}
+    assert firing("nobody") == set()
 
 
 # --- headers -------------------------------------------------------------------------------

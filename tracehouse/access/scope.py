@@ -4,9 +4,9 @@ A query token scoped to services sees only their rows. Rather than trusting ever
 add a condition, the query role's ClickHouse client is a :class:`ScopedClient`: while a scoped
 request runs, each of its statements carries the setting ``additional_table_filters``, which
 makes ClickHouse filter every read of the listed tables — in subqueries, joins and ``FINAL``
-reads too — so a new endpoint cannot forget it. Tables holding no service's data (the
-trace-id index, the schema's bookkeeping) are not listed; an endpoint reading a table that
-holds service data must have it listed here (tests/access checks the schema for this).
+reads too — so a new endpoint cannot forget it. Tables holding no service's data are in
+``UNSCOPED_TABLES``; every other table of the schema must be in ``TABLE_FILTERS``
+(tests/access/test_query_access.py checks the migrated schema for this).
 """
 
 from __future__ import annotations
@@ -36,7 +36,24 @@ TABLE_FILTERS: dict[str, str] = {
     "otel_metrics_histogram": "ServiceName IN {services}",
     "otel_metrics_exponential_histogram": "ServiceName IN {services}",
     "otel_metrics_summary": "ServiceName IN {services}",
+    # Alerts are a service's when their `service` label names it; notifications (whose
+    # bodies may describe any service) are for unscoped tokens only.
+    "tracehouse_alert_state": "Labels['service'] IN {services}",
+    "tracehouse_alert_history": "Labels['service'] IN {services}",
+    "tracehouse_alert_outbox": "0",
 }
+# Tables that hold no service's data (configuration, bookkeeping, indexes): not filtered.
+UNSCOPED_TABLES = frozenset(
+    {
+        "otel_traces_trace_id_ts",  # trace id -> time window only
+        "tracehouse_schema_migrations",
+        "tracehouse_alert_rules",
+        "tracehouse_alert_rule_health",
+        "tracehouse_silences",
+        "tracehouse_audit_log",  # admin tokens only
+        "tracehouse_leases",
+    }
+)
 
 
 def current_principal() -> Principal | None:
