@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from tests.conftest import ServerFactory
+from tracehouse.access import AccessControl
+from tracehouse.alerting.rules import parse_rules_file
 from tracehouse.app import Tracehouse
 from tracehouse.config import Settings
 from tracehouse.storage import connect
@@ -320,17 +322,80 @@ def test_probes_use_real_paths_on_the_api_port() -> None:
 
 
 def test_every_volume_mount_has_its_volume() -> None:
-    for workload, pod, container in _containers():
+    for workload, pod in _pod_specs().items():
         volumes = {v["name"] for v in pod.get("volumes", [])}
-        assert {m["name"] for m in container.get("volumeMounts", [])} <= volumes, workload
+        for container in [*pod.get("initContainers", []), *pod["containers"]]:
+            assert {m["name"] for m in container.get("volumeMounts", [])} <= volumes, workload
+
+
+def _mounted_file(pod: dict[str, Any], container: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The volume that provides ``path`` in ``container`` (mounted at its directory)."""
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    name = mounts[str(path.parent)]
+    volume: dict[str, Any] = {v["name"]: v for v in pod["volumes"]}[name]
+    return volume
+
+
+def test_the_access_file_is_the_secrets_and_loads(tmp_path: Path) -> None:
+    """Every role reads its tokens from the Secret's access.yaml, a valid access file."""
+    settings = yaml.safe_load(_configmap_file("tracehouse.yaml"))
+    path = Path(settings["access_file"])
+    for role in ROLES_OF:
+        pod = _of_kind("Deployment")[f"tracehouse-{role}"]["spec"]["template"]["spec"]
+        volume = _mounted_file(pod, pod["containers"][0], path)
+        assert volume["secret"]["secretName"] == "tracehouse-secrets", role
+        assert {"key": "access.yaml", "path": path.name} in volume["secret"]["items"], role
+    access = tmp_path / "access.yaml"
+    access.write_text(_of_kind("Secret")["tracehouse-secrets"]["stringData"]["access.yaml"])
+    AccessControl.from_file(access)  # raises AccessFileError naming the problem
+
+
+@pytest.mark.parametrize("role", ["worker", "query"])
+def test_the_init_container_renders_valid_alert_rules_with_the_secret(
+    role: str, tmp_path: Path
+) -> None:
+    """Run the init container's own command here: the rules file it writes is what
+    alert_rules_file names, parses as a rules file, and signs with the Secret's key."""
+    settings = yaml.safe_load(_configmap_file("tracehouse.yaml"))
+    rules_path = Path(settings["alert_rules_file"])
+    pod = _of_kind("Deployment")[f"tracehouse-{role}"]["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["image"] == TRACEHOUSE_IMAGE
+    program, flag, code, source, target = init["command"]
+    assert (program, flag) == ("python", "-c")
+    assert Path(target) == rules_path
+    # The main container sees the rendered file through the same volume.
+    assert _mounted_file(pod, init, rules_path) == _mounted_file(
+        pod, pod["containers"][0], rules_path
+    )
+    assert _mounted_file(pod, init, Path(source))["configMap"]["name"] == "tracehouse-config"
+    secret = _of_kind("Secret")["tracehouse-secrets"]["stringData"]
+    (env,) = init["env"]
+    ref = env["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "tracehouse-secrets", "key": "webhook-secret"}
+    template = tmp_path / "alert-rules.yaml"
+    template.write_text(_configmap_file(Path(source).name))
+    rendered = tmp_path / "rendered.yaml"
+    subprocess.run(
+        [sys.executable, flag, code, str(template), str(rendered)],
+        env={**os.environ, env["name"]: secret[ref["key"]]},
+        check=True,
+    )
+    rules = parse_rules_file(rendered.read_text())
+    assert rules.rules and rules.receivers
+    assert {r.secret for r in rules.receivers} == {secret["webhook-secret"]}
+    assert "WEBHOOK_SECRET" not in rendered.read_text()
 
 
 @pytest.mark.parametrize("role", sorted(ROLES_OF))
 def test_the_probed_paths_answer_on_a_server_of_each_role(
-    make_server: ServerFactory, role: str
+    make_server: ServerFactory, role: str, tmp_path: Path
 ) -> None:
-    app = make_server(roles=ROLES_OF[role])
-    for path in sorted(PROBE_PATHS):
+    """With the manifests' access file too: probes and scrapes carry no token."""
+    access = tmp_path / "access.yaml"
+    access.write_text(_of_kind("Secret")["tracehouse-secrets"]["stringData"]["access.yaml"])
+    app = make_server(roles=ROLES_OF[role], access_file=access)
+    for path in sorted(PROBE_PATHS | {"/metrics"}):
         response = httpx.get(f"http://127.0.0.1:{app.ports.api}{path}", timeout=10)
         assert response.status_code == 200, (role, path, response.text)
 
