@@ -119,6 +119,12 @@ def _cmd_bench_query(args: argparse.Namespace) -> int:
     return run_query_bench(args)
 
 
+def _cmd_bench_diagnosis(args: argparse.Namespace) -> int:
+    from tracehouse.bench.diagnosis import run_diagnosis_bench
+
+    return run_diagnosis_bench(args)
+
+
 def _cmd_bench_alerting(args: argparse.Namespace) -> int:
     from tracehouse.alerting.bench import run_alerting_bench
 
@@ -268,6 +274,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_query.add_argument("--markdown", action="store_true", help="also print Markdown")
     bench_query.set_defaults(func=_cmd_bench_query)
+    bench_diagnosis = bench_sub.add_parser(
+        "diagnosis", help="rank of the true cause over simulated incidents, and diagnosis latency"
+    )
+    bench_diagnosis.add_argument("--scenarios", type=int, default=50, help="incidents simulated")
+    bench_diagnosis.add_argument("--traces", type=int, default=200, help="traces per window")
+    bench_diagnosis.add_argument("--sample", type=int, default=50, help="diagnosis sample size")
+    bench_diagnosis.add_argument(
+        "--background-spans", type=int, default=0, help="seed this many spans of other traffic"
+    )
+    bench_diagnosis.add_argument("--seed", type=int, default=1, help="seed of the scenarios")
+    bench_diagnosis.add_argument(
+        "--data-dir", help="engine directory, kept afterwards (default: a temporary one)"
+    )
+    bench_diagnosis.set_defaults(func=_cmd_bench_diagnosis)
     bench_alerting = bench_sub.add_parser(
         "alerting", help="alert time to detect, and the evaluation time of many rules"
     )

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import networkx as nx
 
@@ -48,7 +48,7 @@ _SERVER_SIDE = ("server", "consumer", "internal", "unspecified")
 _CLIENT_SIDE = ("client", "producer")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SpanRow:
     """One span of a sampled trace, as :data:`~tracehouse.diagnosis.queries.SPANS_SQL` reads it."""
 
@@ -72,8 +72,7 @@ class SpanRow:
         return self.start_ns + self.duration_ns
 
 
-@dataclass(frozen=True, order=True)
-class Entity:
+class Entity(NamedTuple):
     """A candidate cause. ``service`` is the service it belongs to (the caller of an edge or
     a statement); ``target`` the callee of an edge, the instance, or the fingerprint."""
 

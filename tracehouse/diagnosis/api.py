@@ -142,73 +142,101 @@ def _sample(
     client: Any,
     service: str,
     operation: str,
-    start: dt.datetime,
-    end: dt.datetime,
+    window: tuple[dt.datetime, dt.datetime],
+    baseline: tuple[dt.datetime, dt.datetime],
     n: int,
-) -> tuple[list[TraceAnalysis], dict[str, tuple[str, str]]]:
-    """The analysed sample traces of one window, and db system and statement by fingerprint."""
+) -> tuple[list[TraceAnalysis], list[TraceAnalysis], dict[str, tuple[str, str]]]:
+    """The analysed sample traces of the window and of the baseline, and the db system and
+    statement of each fingerprint met. Two queries: the entry spans, then their traces."""
     entries = _rows(
         client,
         queries.SAMPLE_SQL,
         {
             "service": service,
             "operation": operation,
-            "start": int(start.timestamp()),
-            "end": int(end.timestamp()),
+            "start": int(window[0].timestamp()),
+            "end": int(window[1].timestamp()),
+            "base_start": int(baseline[0].timestamp()),
+            "base_end": int(baseline[1].timestamp()),
             "n": n,
         },
     )
     # One entry span per trace (the first sampled); a span sampled twice counts once.
-    chosen: dict[str, str] = {}
+    chosen: dict[str, tuple[str, str]] = {}
     for_latency: set[str] = set()
     for row in entries:
-        chosen.setdefault(row["trace_id"], row["span_id"])
+        chosen.setdefault(row["trace_id"], (row["span_id"], row["side"]))
         if row["reason"] != "failed":
             for_latency.add(row["trace_id"])
     if not chosen:
-        return [], {}
-    longest = max(int(row["duration_ns"]) for row in entries)
-    first = min(int(row["start_ns"]) for row in entries)
-    last = max(int(row["start_ns"]) for row in entries)
+        return [], [], {}
+    ranges = {}
+    for side in ("window", "baseline"):
+        rows = [row for row in entries if row["side"] == side]
+        if not rows:
+            ranges[side] = (0, 0)
+            continue
+        longest = max(int(row["duration_ns"]) for row in rows)
+        first = min(int(row["start_ns"]) for row in rows)
+        last = max(int(row["start_ns"]) for row in rows)
+        ranges[side] = (first - _MARGIN_NS, last + longest + _MARGIN_NS)
     spans: dict[str, list[SpanRow]] = defaultdict(list)
     statements: dict[str, tuple[str, str]] = {}
-    for row in _rows(
-        client,
+    result = client.query(
         queries.SPANS_SQL,
-        {
+        parameters={
             "trace_ids": sorted(chosen),
-            "start_ns": first - _MARGIN_NS,
-            "end_ns": last + longest + _MARGIN_NS,
+            "start_ns": ranges["window"][0],
+            "end_ns": ranges["window"][1],
+            "base_start_ns": ranges["baseline"][0],
+            "base_end_ns": ranges["baseline"][1],
         },
-    ):
-        fingerprint = f"{int(row['fingerprint']):016x}" if row["has_statement"] else ""
+    )
+    for (
+        trace_id,
+        span_id,
+        parent_span_id,
+        span_service,
+        name,
+        kind,
+        start_ns,
+        duration_ns,
+        failed,
+        instance,
+        db_system,
+        has_statement,
+        fingerprint_hash,
+        statement,
+        peer,
+    ) in result.result_rows:
+        fingerprint = f"{int(fingerprint_hash):016x}" if has_statement else ""
         if fingerprint:
-            statements[fingerprint] = (row["db_system"], row["statement"])
-        spans[row["trace_id"]].append(
+            statements[fingerprint] = (db_system, statement)
+        spans[trace_id].append(
             SpanRow(
-                trace_id=row["trace_id"],
-                span_id=row["span_id"],
-                parent_span_id=row["parent_span_id"],
-                service=row["service"],
-                name=row["name"],
-                kind=row["kind"],
-                start_ns=int(row["start_ns"]),
-                duration_ns=int(row["duration_ns"]),
-                failed=bool(row["failed"]),
-                instance=row["instance"],
-                db_system=row["db_system"],
-                fingerprint=fingerprint,
-                statement=row["statement"],
-                peer=row["peer"],
+                trace_id,
+                span_id,
+                parent_span_id,
+                span_service,
+                name,
+                kind,
+                int(start_ns),
+                int(duration_ns),
+                bool(failed),
+                instance,
+                db_system,
+                fingerprint,
+                statement,
+                peer,
             )
         )
-    analyses = []
-    for trace_id, span_id in sorted(chosen.items()):
+    analyses: dict[str, list[TraceAnalysis]] = {"window": [], "baseline": []}
+    for trace_id, (span_id, side) in sorted(chosen.items()):
         analysis = analyse_trace(spans.get(trace_id, []), span_id)
         if analysis is not None:
             analysis.for_latency = trace_id in for_latency
-            analyses.append(analysis)
-    return analyses, statements
+            analyses[side].append(analysis)
+    return analyses["window"], analyses["baseline"], statements
 
 
 def _downstream_edges(
@@ -294,8 +322,9 @@ def diagnose(
         int(red["base_total_ns"]),
         red["base_quantiles"],
     )
-    analyses, statements = _sample(client, service, op, window.start, window.end, sample)
-    base_analyses, base_statements = _sample(client, service, op, base_start, base_end, sample)
+    analyses, base_analyses, statements = _sample(
+        client, service, op, (window.start, window.end), (base_start, base_end), sample
+    )
     edges = _downstream_edges(client, service, min(base_start, window.start), window.end)
     ranking = rank(
         analyses,
@@ -305,7 +334,6 @@ def diagnose(
         edges,
         limit=limit,
     )
-    statements = {**base_statements, **statements}
     return Diagnosis(
         service=service,
         operation=operation,

@@ -34,29 +34,39 @@ _ENTRY_SPANS = """
     FROM otel_traces
     WHERE ServiceName = {{service:String}}
       AND ({{operation:String}} = '' OR SpanName = {{operation:String}})
-      AND Timestamp >= fromUnixTimestamp({{start:Int64}})
-      AND Timestamp < fromUnixTimestamp({{end:Int64}})
+      AND Timestamp >= fromUnixTimestamp({{{start}:Int64}})
+      AND Timestamp < fromUnixTimestamp({{{end}:Int64}})
       AND SpanKind IN ('Server', 'SPAN_KIND_SERVER', 'Consumer', 'SPAN_KIND_CONSUMER')
       AND TraceId != ''"""
 
-# The bounded sample of one window: the slowest n entry spans, n drawn at random (by a hash
-# of the span id, so a window always gives the same sample) and n failed ones at random.
-SAMPLE_SQL = f"""
+
+def _samples(side: str, start: str, end: str) -> str:
+    entries = _ENTRY_SPANS.format(failed=IS_ERROR, start=start, end=end)
+    return f"""
 SELECT * FROM (
-    SELECT *, 'slowest' AS reason FROM ({_ENTRY_SPANS.format(failed=IS_ERROR)})
+    SELECT *, '{side}' AS side, 'slowest' AS reason FROM ({entries})
     ORDER BY duration_ns DESC LIMIT {{n:UInt32}}
 )
 UNION ALL
 SELECT * FROM (
-    SELECT *, 'random' AS reason FROM ({_ENTRY_SPANS.format(failed=IS_ERROR)})
+    SELECT *, '{side}' AS side, 'random' AS reason FROM ({entries})
     ORDER BY cityHash64(span_id) LIMIT {{n:UInt32}}
 )
 UNION ALL
 SELECT * FROM (
-    SELECT *, 'failed' AS reason FROM ({_ENTRY_SPANS.format(failed=IS_ERROR)} AND {IS_ERROR})
+    SELECT *, '{side}' AS side, 'failed' AS reason FROM ({entries} AND {IS_ERROR})
     ORDER BY cityHash64(span_id) LIMIT {{n:UInt32}}
+)"""
+
+
+# The bounded samples of the window and of the baseline (``side``): the slowest n entry
+# spans, n drawn at random (by a hash of the span id, so a window always gives the same
+# sample) and n failed ones at random.
+SAMPLE_SQL = (
+    _samples("window", "start", "end")
+    + "\nUNION ALL"
+    + _samples("baseline", "base_start", "base_end")
 )
-"""
 
 # The statement's fingerprint as migrations 0004/0009 compute it for otel_db_1m (there a
 # doubled dollar sign is the template's escape of one), so a SQL cause names the same
@@ -87,7 +97,7 @@ _PEER = """multiIf(
         SpanAttributes['db.system'] != '', SpanAttributes['db.system'],
         SpanAttributes['messaging.destination.name'])"""
 
-# Every span of the sampled traces, within the window the traces can lie in.
+# Every span of the sampled traces, within the two ranges the traces can lie in.
 SPANS_SQL = f"""
 SELECT
     TraceId AS trace_id,
@@ -104,11 +114,13 @@ SELECT
     if(SpanAttributes['db.system.name'] != '',
        SpanAttributes['db.system.name'], SpanAttributes['db.system']) AS db_system,
     {_QUERY_TEXT} != '' AS has_statement,
-    cityHash64(lowerUTF8({_NORMALIZED})) AS fingerprint,
-    if({_QUERY_TEXT} != '', substringUTF8({_NORMALIZED}, 1, 4096), '') AS statement,
+    if(has_statement, cityHash64(lowerUTF8({_NORMALIZED})), 0) AS fingerprint,
+    if(has_statement, substringUTF8({_NORMALIZED}, 1, 4096), '') AS statement,
     {_PEER} AS peer
 FROM otel_traces
 WHERE TraceId IN {{trace_ids:Array(String)}}
-  AND Timestamp >= fromUnixTimestamp64Nano({{start_ns:Int64}})
-  AND Timestamp < fromUnixTimestamp64Nano({{end_ns:Int64}})
+  AND ((Timestamp >= fromUnixTimestamp64Nano({{start_ns:Int64}})
+        AND Timestamp < fromUnixTimestamp64Nano({{end_ns:Int64}}))
+    OR (Timestamp >= fromUnixTimestamp64Nano({{base_start_ns:Int64}})
+        AND Timestamp < fromUnixTimestamp64Nano({{base_end_ns:Int64}})))
 """
