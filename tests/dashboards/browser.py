@@ -50,8 +50,12 @@ class Tab:
     base: str
     screenshots: Path
     problems: list[str] = field(default_factory=list)
+    in_flight: set[Request] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        self.page.on("request", lambda request: self.in_flight.add(request))
+        self.page.on("requestfinished", lambda request: self.in_flight.discard(request))
+        self.page.on("requestfailed", lambda request: self.in_flight.discard(request))
         self.page.set_default_timeout(LOAD_TIMEOUT_MS)
         self.page.on("console", self._console)
         self.page.on("pageerror", lambda error: self.problems.append(f"uncaught: {error}"))
@@ -85,6 +89,22 @@ class Tab:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"still false after {timeout_ms / 1000:.0f} s: {condition}")
             self.page.wait_for_timeout(50)
+
+    def wait_quiet(self, quiet_ms: int = 300) -> None:
+        """Wait until no request of the page has been in flight for ``quiet_ms``."""
+        deadline = time.monotonic() + LOAD_TIMEOUT_MS / 1000
+        calm_since = None
+        while True:
+            self.page.wait_for_timeout(50)  # lets the driver deliver request events
+            now = time.monotonic()
+            if self.in_flight:
+                calm_since = None
+            elif calm_since is None:
+                calm_since = now
+            elif now - calm_since >= quiet_ms / 1000:
+                return
+            if now > deadline:
+                raise TimeoutError(f"requests still in flight: {[r.url for r in self.in_flight]}")
 
     def route(self) -> str:
         """The current ``#/…`` route."""

@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from opentelemetry import trace as trace_api
 from opentelemetry._logs import LogRecord, SeverityNumber
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
@@ -607,3 +608,70 @@ def test_an_unknown_trace_says_so(tab: Tab, demo: Demo) -> None:
     assert "is not stored" in page.locator("[data-state=empty]").inner_text()
     problems = tab.take_problems()
     assert all("404" in p for p in problems), problems
+
+
+# -- access tokens -----------------------------------------------------------------------------
+
+ADMIN_TOKEN = "ui-admin-token-0123456789"
+PAYMENT_TOKEN = "ui-payment-viewer-token-0123"
+
+
+@pytest.fixture(scope="module")
+def protected(demo: Demo, make_module_server: ServerFactory, tmp_path_factory: Any) -> str:
+    """A second query server over the same data whose API wants a query token (access file):
+    an admin, and a viewer who may see only the demo's payment service. Its UI's base URL."""
+    access = tmp_path_factory.mktemp("access") / "access.yaml"
+    access.write_text(
+        yaml.safe_dump(
+            {
+                "query": [
+                    {"name": "admin", "role": "admin", "token": ADMIN_TOKEN},
+                    {
+                        "name": "payment",
+                        "role": "viewer",
+                        "token": PAYMENT_TOKEN,
+                        "services": [demo.s("payment")],
+                    },
+                ]
+            }
+        )
+    )
+    app = make_module_server(roles=["query"], access_file=access)
+    return f"http://127.0.0.1:{app.ports.api}/"
+
+
+def test_a_server_with_tokens_asks_for_one_and_scopes_the_pages(
+    browser: Browser, demo: Demo, screenshots: Path, protected: str
+) -> None:
+    with _tab(browser, demo, screenshots, "1366x768") as tab:
+        tab.base = protected
+        page = tab.open(f"services?q={demo.run_id}")
+        form = page.locator("[data-form=token]")
+        form.wait_for()
+        assert page.locator("[data-state=error]").first.inner_text().startswith("HTTP 401")
+        tab.shot("services-token-asked")
+        tab.wait_quiet()  # every request of the first render answered
+        refused = tab.take_problems()  # the browser logs each 401 it was answered
+        assert refused and all("401" in p for p in refused), refused
+        # The admin sees every service of the run.
+        form.locator("input[name=token]").fill(ADMIN_TOKEN)
+        form.locator("button[type=submit]").click()
+        tab.wait_for("!document.querySelector('[data-form=token]')")
+        tab.wait_ready()
+        rows = {r.get_attribute("data-row") for r in page.locator("tbody tr[data-row]").all()}
+        assert rows == set(demo.run.services.values())
+        assert_clean(tab)
+        # A viewer scoped to payment sees payment only: ClickHouse enforces the scope.
+        page.locator("#forget").click()
+        form.wait_for()
+        tab.wait_quiet()
+        tab.take_problems()
+        form.locator("input[name=token]").fill(PAYMENT_TOKEN)
+        form.locator("button[type=submit]").click()
+        tab.wait_for("!document.querySelector('[data-form=token]')")
+        tab.wait_ready()
+        rows = {r.get_attribute("data-row") for r in page.locator("tbody tr[data-row]").all()}
+        assert rows == {demo.s("payment")}
+        # The token is not in the link: a shared URL carries no secret.
+        assert PAYMENT_TOKEN not in page.url
+        assert_clean(tab)

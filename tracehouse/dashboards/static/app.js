@@ -1,5 +1,6 @@
 // The single-page shell: hash routing (#/page?params), the global time range and auto-refresh.
 // Every view's state lives in the URL, so a link reproduces what its sender saw.
+import { setToken, token } from "./lib/api.js";
 import { errorState, h } from "./lib/dom.js";
 import * as alerts from "./pages/alerts.js";
 import * as logs from "./pages/logs.js";
@@ -183,6 +184,41 @@ document.getElementById("custom-form").addEventListener("submit", (event) => {
 refreshSelect.addEventListener("change", () => setGlobal({ refresh: refreshSelect.value === "off" ? null : refreshSelect.value }));
 document.getElementById("reload").addEventListener("click", () => render({ quiet: true }));
 
+// -- API token -------------------------------------------------------------------------------
+
+const auth = document.getElementById("auth");
+const forget = document.getElementById("forget");
+
+/** The server answered 401: ask for a query token once, above the page. */
+window.addEventListener("tracehouse:unauthorized", () => {
+  if (auth.querySelector("form")) return;
+  const input = h("input", { type: "password", name: "token", autocomplete: "off", placeholder: "query token", "aria-label": "API token", required: true });
+  const form = h(
+    "form",
+    { class: "token-form", "data-form": "token" },
+    h("strong", { text: token() ? "This token is not accepted." : "This tracehouse wants an API token." }),
+    h("span", { class: "muted", text: "Enter a query token (one of the access file's); it is kept in this browser tab only and never put in links." }),
+    input,
+    h("button", { type: "submit", class: "primary", text: "Use token" }),
+  );
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    setToken(input.value.trim());
+    auth.replaceChildren();
+    render();
+  });
+  auth.replaceChildren(form);
+  input.focus();
+});
+
+function syncToken() {
+  forget.hidden = !token();
+}
+forget.addEventListener("click", () => {
+  setToken("");
+  render();
+});
+
 let renders = 0;
 let timer = null;
 
@@ -190,8 +226,9 @@ let timer = null;
 async function render({ quiet = false } = {}) {
   const { page, params } = parseHash();
   const def = PAGES[page];
-  const token = ++renders;
+  const current = ++renders;
   syncControls(params);
+  syncToken();
   buildNav(def ? def.navAs || page : null);
   scheduleRefresh(params);
   const root = h("div", { class: "page", "data-page": page });
@@ -205,9 +242,10 @@ async function render({ quiet = false } = {}) {
   try {
     await def.module.render(makeContext(page, params), root);
   } catch (error) {
+    for (const el of root.querySelectorAll(".loading")) el.remove();
     root.append(errorState(error));
   }
-  if (token !== renders) return; // a newer render took over
+  if (current !== renders) return; // a newer render took over
   if (quiet && main.firstChild !== root) {
     const y = window.scrollY;
     main.replaceChildren(root);

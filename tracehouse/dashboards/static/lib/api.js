@@ -22,12 +22,32 @@ export function apiUrl(path, params = {}) {
   return `${path}${text ? `?${text}` : ""}`;
 }
 
-/** GET (or another method) a JSON answer; throws ApiError with the API's own message. */
+// A query token, when the server wants one (access file): kept for this browser tab only, never
+// in the URL, sent as `Authorization: Bearer`.
+const TOKEN_KEY = "tracehouse.token";
+
+export function token() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) || "";
+  } catch {
+    return "";
+  }
+}
+
+export function setToken(value) {
+  if (value) sessionStorage.setItem(TOKEN_KEY, value);
+  else sessionStorage.removeItem(TOKEN_KEY);
+}
+
+/** GET (or another method) a JSON answer; throws ApiError with the API's own message. A 401
+ * also fires `tracehouse:unauthorized` on window, so the shell can ask for a token once. */
 export async function api(path, params = {}, { method = "GET" } = {}) {
   const url = apiUrl(path, params);
+  const headers = { Accept: "application/json" };
+  if (token()) headers.Authorization = `Bearer ${token()}`;
   let response;
   try {
-    response = await fetch(url, { method, headers: { Accept: "application/json" } });
+    response = await fetch(url, { method, headers });
   } catch (error) {
     throw new ApiError(0, url, `cannot reach the tracehouse API (${error.message}); is the server running?`);
   }
@@ -38,6 +58,7 @@ export async function api(path, params = {}, { method = "GET" } = {}) {
   } catch {
     body = null;
   }
+  if (response.status === 401) window.dispatchEvent(new CustomEvent("tracehouse:unauthorized", { detail: errorMessage(body, text, response) }));
   if (!response.ok) throw new ApiError(response.status, url, errorMessage(body, text, response));
   return body;
 }
