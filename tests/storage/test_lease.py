@@ -368,12 +368,17 @@ def test_two_worker_processes_run_the_jobs_one_at_a_time(make_server: ServerFact
     time.sleep(2 * FAST["lease_s"])
     (leader,) = running()
     follower = second if leader is first else first
-    assert follower.edges is None and follower.leader is not None
-    assert not follower.leader.is_leader()
+    # Both jobs of the worker role (service graph and alert evaluation) run on the leader only.
+    assert leader.edges is not None and leader.alerting is not None
+    assert follower.edges is None and follower.alerting is None
+    assert follower.leader is not None and not follower.leader.is_leader()
 
     leader.stop()
-    _wait_for(lambda: follower.edges is not None, "the other worker taking over")
-    assert leader.edges is None
+    _wait_for(
+        lambda: follower.edges is not None and follower.alerting is not None,
+        "the other worker taking over",
+    )
+    assert leader.edges is None and leader.alerting is None
 
 
 # --- the KeeperMap store, over a real ZooKeeper ---------------------------------------------
