@@ -125,6 +125,12 @@ def _cmd_bench_diagnosis(args: argparse.Namespace) -> int:
     return run_diagnosis_bench(args)
 
 
+def _cmd_bench_soak(args: argparse.Namespace) -> int:
+    from tracehouse.bench.soak import run_soak_bench
+
+    return run_soak_bench(args)
+
+
 def _cmd_bench_alerting(args: argparse.Namespace) -> int:
     from tracehouse.alerting.bench import run_alerting_bench
 
@@ -288,6 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", help="engine directory, kept afterwards (default: a temporary one)"
     )
     bench_diagnosis.set_defaults(func=_cmd_bench_diagnosis)
+    bench_soak = bench_sub.add_parser(
+        "soak", help="sustained load at 80%% of the measured maximum: RSS curve, errors, losses"
+    )
+    bench_soak.add_argument("--minutes", type=float, default=10.0, help="length of the soak")
+    bench_soak.add_argument("--fraction", type=float, default=0.8, help="of the maximum (0.8)")
+    bench_soak.add_argument("--calibrate", type=float, default=15.0, help="seconds at full speed")
+    bench_soak.add_argument("--concurrency", type=int, default=8, help="OTLP/HTTP clients")
+    bench_soak.add_argument("--batch", type=int, default=100, help="spans per request")
+    bench_soak.add_argument("--sample", type=float, default=5.0, help="seconds between RSS samples")
+    bench_soak.set_defaults(func=_cmd_bench_soak)
     bench_alerting = bench_sub.add_parser(
         "alerting", help="alert time to detect, and the evaluation time of many rules"
     )
