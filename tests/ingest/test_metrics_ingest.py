@@ -356,9 +356,9 @@ def test_outage_spools_metrics_and_recovery_stores_them_once(
     assert stored(service_name) == 0
     assert _wait_for(lambda: sink.attempts > 0)
     sink.failing.clear()
-    assert _wait_for(lambda: stored(service_name) == 3 and stored(f"{service_name}-2") == 3)
-    assert app.pipeline is not None and app.pipeline.wait_stored(30)
-    assert stored(service_name) == 3
+    # Generous: on a loaded machine each of the five inserts may take seconds.
+    assert app.pipeline is not None and app.pipeline.wait_stored(300)
+    assert stored(service_name) == 3 and stored(f"{service_name}-2") == 3
     assert _count(app, "otel_metrics_sum", service_name) == 2
 
 
