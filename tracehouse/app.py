@@ -34,7 +34,7 @@ from tracehouse.alerting import AlertWorker
 from tracehouse.alerting import router as alerting_router
 from tracehouse.config import Settings
 from tracehouse.dashboards import ui_router
-from tracehouse.diagnosis import diagnosis_router
+from tracehouse.diagnosis import InsightSettings, InsightWorker, diagnosis_router
 from tracehouse.ingest import IngestPipeline, OtlpReceiver, PipelineLimits, Sink, Spool
 from tracehouse.query import SlowServiceDefaults, health_router, jaeger_router, read_router
 from tracehouse.storage.lease import (
@@ -81,6 +81,7 @@ class Tracehouse:
         self._writer: storage.ClickHouseWriter | None = None
         self._edges_client: Any = None
         self._alerting_client: Any = None
+        self._insights_client: Any = None
         self.leader: LeaderElector | None = None  # with leader election (see config)
         self._lease_client: Any = None
         self._gate: LeaderGate | None = None
@@ -124,6 +125,7 @@ class Tracehouse:
             # Its own client: a recomputation must not queue API queries behind it.
             self._edges_client = storage.connect(s.resolved_clickhouse_url, s.cluster)
             self._alerting_client = storage.connect(s.resolved_clickhouse_url, s.cluster)
+            self._insights_client = storage.connect(s.resolved_clickhouse_url, s.cluster)
             self._start_worker()
         log.info(
             "tracehouse %s up: roles=%s storage=%s grpc=%s http=%s api=%s",
@@ -156,6 +158,9 @@ class Tracehouse:
         if self._alerting_client is not None:
             self._alerting_client.close()
             self._alerting_client = None
+        if self._insights_client is not None:
+            self._insights_client.close()
+            self._insights_client = None
         grpc_stopped = self._grpc.stop(grace_s) if self._grpc is not None else None
         self._grpc = None
         for server in self._asgi.servers:
@@ -195,15 +200,37 @@ class Tracehouse:
 
     # -- wiring ------------------------------------------------------------------------------
 
+    @property
+    def insights(self) -> InsightWorker | None:
+        """The insights job while it runs in this process (worker role, leading)."""
+        jobs = self._gate.jobs if self._gate is not None else []
+        return next((job for job in jobs if isinstance(job, InsightWorker)), None)
+
+    def _insight_settings(self) -> InsightSettings:
+        s = self.settings
+        return InsightSettings(
+            interval_s=s.insights_interval_s,
+            window_min=s.insights_window_min,
+            baseline_min=s.insights_baseline_min,
+            factor=s.insights_factor,
+            min_calls=s.insights_min_calls,
+            error_increase=s.insights_error_increase,
+            min_delta_ms=s.insights_min_delta_ms,
+            cooldown_min=s.insights_cooldown_min,
+        )
+
     def _worker_jobs(self) -> list[JobFactory]:
         """The worker role's jobs (``start()``/``stop(grace_s)``), each built anew whenever
         this process becomes the leader."""
         edges_client = self._edges_client
         alerting_client = self._alerting_client
+        insights_client = self._insights_client
+        insight_settings = self._insight_settings()
         s = self.settings
         return [
             lambda: EdgeWorker(EdgeBuilder(edges_client), interval_s=15.0),
             lambda: AlertWorker(alerting_client, s.alert_rules_file, s.resolved_alert_external_url),
+            lambda: InsightWorker(insights_client, insight_settings),
         ]
 
     def _start_worker(self) -> None:

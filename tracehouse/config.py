@@ -111,6 +111,31 @@ class Settings(BaseSettings):
         default=10, ge=1, description="/slow-services: calls needed to judge a p99"
     )
 
+    insights_interval_s: float = Field(
+        default=60.0, gt=0, description="insights job: seconds between runs (worker role)"
+    )
+    insights_window_min: int = Field(
+        default=5, ge=1, le=60, description="insights: the last closed minutes judged"
+    )
+    insights_baseline_min: int = Field(
+        default=30, ge=1, le=1440, description="insights: minutes before them compared with"
+    )
+    insights_factor: float = Field(
+        default=1.5, gt=1, description="insights: latency or error rate this many times before"
+    )
+    insights_min_calls: int = Field(
+        default=20, ge=1, description="insights: calls needed in the window and the baseline"
+    )
+    insights_error_increase: float = Field(
+        default=0.05, gt=0, le=1, description="insights: rise of the error rate (0.05 = 5 points)"
+    )
+    insights_min_delta_ms: float = Field(
+        default=20.0, ge=0, description="insights: smallest latency rise (ms) worth an insight"
+    )
+    insights_cooldown_min: int = Field(
+        default=15, ge=0, description="insights: minutes before the same insight is raised again"
+    )
+
     alert_rules_file: Path | None = Field(
         default=None,
         description="YAML file of alert receivers and rules (docs/alerting.md), re-read when "

@@ -66,6 +66,8 @@ SHARED = {
     "tracehouse_alert_outbox": "ReplacingMergeTree",
 }
 AUDIT = {"tracehouse_audit_log": "MergeTree"}
+# Insight events (migration 0011), one replica set across the cluster too.
+INSIGHTS = {"tracehouse_insights": "ReplacingMergeTree"}
 MIGRATION_NAMES = [
     "0001_otel_traces",
     "0002_otel_traces_trace_id_ts",
@@ -76,6 +78,7 @@ MIGRATION_NAMES = [
     "0008_edge_durations",
     "0009_db_slow_thresholds",
     "0010_otel_metrics",
+    "0011_insights",
     "0012_audit_log",
 ]
 CLUSTER = "tracehouse"
@@ -318,6 +321,7 @@ def test_migrate_creates_the_schema_on_an_empty_database(db: Any) -> None:
         "otel_edges_1m": "ReplacingMergeTree",
         **dict.fromkeys(METRICS, "MergeTree"),
         **SHARED,
+        **INSIGHTS,
         **AUDIT,
         MIGRATIONS_TABLE: "MergeTree",
     }
@@ -364,6 +368,7 @@ def test_a_migration_cut_off_half_way_is_applied_again(db: Any) -> None:
         *EDGES,
         *SHARED,
         *METRICS,
+        *INSIGHTS,
         *AUDIT,
         MIGRATIONS_TABLE,
     }
@@ -500,6 +505,7 @@ def test_every_cluster_statement_parses_and_runs_on_the_cluster(client: Any, clu
         "ALTER otel_edges_1m",
         "ALTER otel_db_1m_mv",
         *[name for table in METRICS for name in (f"{table}_local", table)],
+        *INSIGHTS,
         *AUDIT,
     ]
     on_cluster = re.compile(rf"\bON CLUSTER `?{re.escape(cluster)}`?\s")
@@ -622,6 +628,7 @@ def test_single_node_statements_parse_and_have_no_cluster_parts(client: Any) -> 
         "ALTER otel_edges_1m",
         "ALTER otel_db_1m_mv",
         *METRICS,
+        *INSIGHTS,
         *AUDIT,
     ]
     for name, sql in formatted.items():

@@ -41,6 +41,8 @@ TABLE_FILTERS: dict[str, str] = {
     "tracehouse_alert_state": "Labels['service'] IN {services}",
     "tracehouse_alert_history": "Labels['service'] IN {services}",
     "tracehouse_alert_outbox": "0",
+    # Insight events are the affected service's (tracehouse/diagnosis/insights.py).
+    "tracehouse_insights": "Service IN {services}",
 }
 # Tables that hold no service's data (configuration, bookkeeping, indexes): not filtered.
 UNSCOPED_TABLES = frozenset(

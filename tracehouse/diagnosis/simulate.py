@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import re
 import time
 import uuid
 import zlib
@@ -516,7 +517,8 @@ def is_cause(scenario: Scenario, cause: Any) -> bool:
         return bool(item["type"] == "own_code")
     if fault.type == "sql":
         statement = item.get("statement") or ""
-        return bool(item["type"] == "sql" and f" {fault.target} " in f" {statement} ")
+        named = re.search(rf"\b{re.escape(fault.target)}\b", statement) is not None
+        return bool(item["type"] == "sql" and named)
     if fault.type == "edge":
         return bool(item["type"] == "edge" and item["target"] == scenario.name(fault.target))
     if fault.type == "errors":

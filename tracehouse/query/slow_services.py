@@ -62,7 +62,8 @@ _EITHER_WINDOW = """(
         OR (Minute >= fromUnixTimestamp({base_start:Int64})
             AND Minute < fromUnixTimestamp({base_end:Int64})))"""
 
-# Entry spans per service (operation '') and per service and operation, window and baseline.
+# Entry spans per service (operation '') and per service and operation, window and baseline
+# (also read by the insights job, tracehouse/diagnosis/insights.py).
 RED_SQL = f"""
 WITH {_WINDOWS}
 SELECT
@@ -70,9 +71,11 @@ SELECT
     if(grouping(SpanName, Kind) = 0, SpanName, '') AS operation,
     if(grouping(SpanName, Kind) = 0, Kind, '') AS kind,
     sumIf(Calls, Current) AS calls,
+    sumIf(Errors, Current) AS errors,
     sumIf(DurationSum, Current) AS total_ns,
     quantilesTDigestMergeIf(0.5, 0.95, 0.99)(DurationQuantiles, Current) AS quantiles,
     sumIf(Calls, Base) AS base_calls,
+    sumIf(Errors, Base) AS base_errors,
     sumIf(DurationSum, Base) AS base_total_ns,
     quantilesTDigestMergeIf(0.5, 0.95, 0.99)(DurationQuantiles, Base) AS base_quantiles
 FROM otel_red_1m

@@ -44,9 +44,9 @@ _ENGINES = {
 }
 # Engine parameters after the replication path and replica (the version column).
 _ENGINE_ARGS = {"otel_edges_1m": "Version"}
-# Small state tables, not telemetry (alerting 0006, audit log 0012): ${engine_<name>}, in
-# cluster mode one replica set across every node (no {shard} in the path, like the lease
-# table), so whichever node a URL reaches holds all of it. Engine family and its parameters.
+# Small state tables, not telemetry (alerting 0006, insights 0011, audit log 0012):
+# ${engine_<name>}, in cluster mode one replica set across every node (no {shard} in the path,
+# like the lease table), so whichever node a URL reaches holds all of it. Engine family and its parameters.
 _SHARED_TABLES = {
     "tracehouse_alert_rules": ("ReplacingMergeTree", "Version"),
     "tracehouse_alert_rule_health": ("ReplacingMergeTree", "Version"),
@@ -56,6 +56,8 @@ _SHARED_TABLES = {
     "tracehouse_alert_outbox": ("ReplacingMergeTree", "Version"),
     # API changes (tracehouse/access, migration 0012).
     "tracehouse_audit_log": ("MergeTree", ""),
+    # Insight events (tracehouse/diagnosis/insights.py, migration 0011).
+    "tracehouse_insights": ("ReplacingMergeTree", "Version"),
 }
 # The migration whose view query carries the slow SQL thresholds (re-run when they change).
 _SLOW_SQL_MIGRATION = "db_slow_thresholds"
