@@ -54,6 +54,7 @@ UNSCOPED_TABLES = frozenset(
         "tracehouse_silences",
         "tracehouse_audit_log",  # admin tokens only
         "tracehouse_leases",
+        "tracehouse_leases_keeper",
     }
 )
 
