@@ -235,8 +235,12 @@ export function sparkline(values, { width = 110, height = 24, cls = "spark", tit
   const present = values.filter((v) => v !== null && v !== undefined);
   const max = Math.max(...present, 0) || 1;
   const step = values.length > 1 ? width / (values.length - 1) : width;
-  const d = linePath(values, (i) => i * step, (v) => height - 2 - (v / max) * (height - 4));
-  return s("svg", { class: cls, width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title }, s("title", { text: title }), s("path", { d: d || `M0,${height - 2}L${width},${height - 2}` }));
+  const x = (i) => Math.min(width - 2, Math.max(2, i * step));
+  const y = (v) => height - 2 - (v / max) * (height - 4);
+  const d = linePath(values, x, y);
+  const has = (i) => i >= 0 && i < values.length && values[i] !== null && values[i] !== undefined;
+  const dots = values.map((v, i) => (has(i) && !has(i - 1) && !has(i + 1) ? s("circle", { cx: x(i), cy: y(v), r: 2 }) : null));
+  return s("svg", { class: cls, width, height, viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title }, s("title", { text: title }), s("path", { d: d || `M0,${height - 2}L${width},${height - 2}` }), dots);
 }
 
 /**
