@@ -11,6 +11,7 @@ saved under the directory printed at the end of the session.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import os
 import time
@@ -35,6 +36,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from playwright.sync_api import Browser, Playwright, sync_playwright
 
+from tests.alerting.receiver import Receiver
 from tests.conftest import ServerFactory
 from tests.dashboards.browser import CHROMIUM_ARGS, VIEWPORTS, Tab, require_chromium
 from tests.demoapp import DemoRun, run_demo
@@ -674,4 +676,121 @@ def test_a_server_with_tokens_asks_for_one_and_scopes_the_pages(
         assert rows == {demo.s("payment")}
         # The token is not in the link: a shared URL carries no secret.
         assert PAYMENT_TOKEN not in page.url
+        assert_clean(tab)
+
+
+# -- alerting with a worker --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Alerting:
+    base: str
+    always: str  # a rule that fires at once and notifies a receiver refusing with 400
+    broken: str  # a rule whose query fails
+    dead_letter: str  # the id of the notification that became a dead letter
+
+    def api(self, path: str, **params: str) -> Any:
+        response = httpx.get(f"{self.base}api/v1{path}", params=params, timeout=60)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+
+def _poll(what: str, check: Any, timeout_s: float = 120) -> Any:
+    """Wait (not a timing assertion) until ``check()`` returns something true."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"{what} within {timeout_s} s"
+        time.sleep(0.5)
+    return found
+
+
+@pytest.fixture(scope="module")
+def alerting(
+    demo: Demo, make_module_server: ServerFactory, tmp_path_factory: Any
+) -> Iterator[Alerting]:
+    """A server running every role, the worker evaluating two rules from a rules file: one
+    always firing whose webhook receiver (a real one, tests/alerting) refuses with 400 so that
+    the notification becomes a dead letter, and one whose query fails."""
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    hook = Receiver(secret, script=[400] * 1000).start()
+    run = demo.run_id
+    always, broken = f"ui-always-{run}", f"ui-broken-{run}"
+    spec = {
+        "receivers": [
+            {
+                "name": f"ui-hook-{run}",
+                "url": hook.url,
+                "secret": secret,
+                "group_wait": "0s",
+                "backoff_initial": "0.2s",
+                "backoff_max": "0.5s",
+            }
+        ],
+        "rules": [
+            {
+                "name": always,
+                "kind": "sql",
+                "query": "SELECT 1 AS value",
+                "interval": "5s",
+                "condition": {"op": ">", "threshold": 0},
+                "receivers": [f"ui-hook-{run}"],
+                "annotations": {"summary": "always firing (UI test)"},
+            },
+            {
+                "name": broken,
+                "kind": "sql",
+                "interval": "5s",
+                "query": "SELECT no_such_column AS value FROM otel_traces",
+                "condition": {"op": ">", "threshold": 0},
+            },
+        ],
+    }
+    rules = tmp_path_factory.mktemp("ui-alert-rules") / "rules.yaml"
+    rules.write_text(yaml.safe_dump(spec))
+    app = make_module_server(alert_rules_file=rules)
+    base = f"http://127.0.0.1:{app.ports.api}/"
+    probe = Alerting(base, always, broken, "")
+
+    def dead_letter() -> str | None:
+        for d in probe.api("/alert-deliveries", status="dead")["deliveries"]:
+            if d["receiver"] == f"ui-hook-{run}":
+                return str(d["id"])
+        return None
+
+    def evaluated() -> bool:
+        health = {r["name"]: r["health"] for r in probe.api("/alert-rules")["rules"]}
+        return health.get(always) == "ok" and health.get(broken) == "err"
+
+    try:
+        letter = _poll("a dead letter", dead_letter)
+        _poll("both rules evaluated", evaluated)
+        yield Alerting(base, always, broken, letter)
+    finally:
+        hook.stop()
+
+
+def test_alerts_page_shows_firing_alerts_rule_health_and_replays_a_dead_letter(
+    browser: Browser, demo: Demo, screenshots: Path, alerting: Alerting
+) -> None:
+    with _tab(browser, demo, screenshots, "1366x768") as tab:
+        tab.base = alerting.base
+        page = tab.open("alerts")
+        firing = page.locator(f'.sec-active tr[data-alert="{alerting.always}"]')
+        assert firing.locator('[data-status="firing"]').count() == 1
+        assert "always firing (UI test)" in firing.inner_text()
+        always = page.locator(f'.sec-rules tr[data-rule="{alerting.always}"]')
+        assert always.locator('[data-status="ok"]').count() == 1  # health
+        assert always.locator('[data-status="firing"]').count() == 1  # state
+        broken = page.locator(f'.sec-rules tr[data-rule="{alerting.broken}"]')
+        assert broken.locator('[data-status="err"]').count() == 1
+        assert "no_such_column" in broken.inner_text()  # its last error
+        assert page.locator(f'.sec-history tr[data-history="{alerting.always}"]').count() > 0
+        tab.page.set_viewport_size({"width": 1366, "height": 1400})
+        tab.shot("alerts-firing-and-dead-letter")
+        letter = page.locator(f'.sec-dead tr[data-delivery="{alerting.dead_letter}"]')
+        letter.get_by_role("button", name="Replay").click()
+        letter.locator('[data-status="pending"]').wait_for()
+        assert "queued again" in page.locator(".sec-dead").inner_text()
+        replayed = alerting.api(f"/alert-deliveries/{alerting.dead_letter}")
+        assert replayed["status"] in ("pending", "dead")  # queued; the receiver refuses again
         assert_clean(tab)

@@ -33,12 +33,12 @@ export async function render(ctx, root) {
     return;
   }
   const parts = [
-    section("Firing and pending alerts", () => activeAlerts(ctx)),
-    section("Rules", () => rules(ctx, everyAlert.alerts)),
-    section("History", () => history(ctx)),
-    section("Dead letters", () => deliveries(ctx, "dead")),
-    section("Deliveries", () => deliveries(ctx, null)),
-    section("Silences", () => silences()),
+    section("Firing and pending alerts", () => activeAlerts(ctx), { cls: "sec-active" }),
+    section("Rules", () => rules(ctx, everyAlert.alerts), { cls: "sec-rules" }),
+    section("History", () => history(ctx), { cls: "sec-history" }),
+    section("Dead letters", () => deliveries(ctx, "dead"), { cls: "sec-dead" }),
+    section("Deliveries", () => deliveries(ctx, null), { cls: "sec-deliveries" }),
+    section("Silences", () => silences(), { cls: "sec-silences" }),
   ];
   root.append(h("div", { class: "sections single" }, parts.map((p) => p.el)));
   await Promise.all(parts.map((p) => p.done));
@@ -112,6 +112,7 @@ async function history(ctx) {
       { key: "note", label: "Note", render: (e) => e.note || "–" },
     ],
     rows: body.history,
+    rowAttrs: (e) => ({ "data-history": e.rule }),
   });
 }
 
