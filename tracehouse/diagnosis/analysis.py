@@ -27,6 +27,7 @@ Method (docs/diagnosis.md):
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -152,12 +153,18 @@ def critical_path(root: SpanRow, children: Mapping[str, Sequence[SpanRow]]) -> d
 def _entity_of(span: SpanRow, server_child: SpanRow | None) -> Entity:
     if span.kind in _CLIENT_SIDE:
         if server_child is not None and server_child.service != span.service:
-            return Entity("edge", span.service, server_child.service)
+            return _entity("edge", span.service, server_child.service)
         if span.fingerprint:
-            return Entity("sql", span.service, span.fingerprint)
+            return _entity("sql", span.service, span.fingerprint)
         if span.peer:
-            return Entity("edge", span.service, span.peer)
-    return Entity("own_code", span.service)
+            return _entity("edge", span.service, span.peer)
+    return _entity("own_code", span.service, "")
+
+
+@functools.lru_cache(maxsize=65_536)
+def _entity(kind: EntityType, service: str, target: str) -> Entity:
+    """One Entity object per value: spans of many traces map to few entities."""
+    return Entity(kind, service, target)
 
 
 def analyse_trace(spans: Sequence[SpanRow], entry_span_id: str) -> TraceAnalysis | None:
@@ -351,7 +358,8 @@ def rank(
     mean_now = _mean_duration(latency)
     mean_base = _mean_duration(latency_base)
     deltas = {e: now_ns.get(e, 0.0) - base_ns.get(e, 0.0) for e in set(now_ns) | set(base_ns)}
-    _split_instances(deltas, _instance_means(latency), _instance_means(latency_base))
+    instances_now, instances_base = _instance_means(latency), _instance_means(latency_base)
+    _split_instances(deltas, instances_now, instances_base)
     increase = mean_now - mean_base
     latency_severity = max(increase / mean_base, 0.0) if mean_base > 0 else (1.0 if mean_now else 0)
 
@@ -392,10 +400,8 @@ def rank(
     for entity, delta in deltas.items():
         c = candidate(entity)
         if entity.type == "instance":
-            c.ms_per_trace = _instance_means(latency).get((entity.service, entity.target), 0.0)
-            c.baseline_ms_per_trace = _instance_means(latency_base).get(
-                (entity.service, entity.target), 0.0
-            )
+            c.ms_per_trace = instances_now.get((entity.service, entity.target), 0.0)
+            c.baseline_ms_per_trace = instances_base.get((entity.service, entity.target), 0.0)
         else:
             c.ms_per_trace = now_ns.get(entity, 0.0)
             c.baseline_ms_per_trace = base_ns.get(entity, 0.0)

@@ -30,7 +30,6 @@ from tracehouse.diagnosis.analysis import (
 from tracehouse.query._rollups import MinuteWindow, minute_window, ms, quantiles_ms
 from tracehouse.query.params import TimeRange, invalid, time_range
 from tracehouse.query.slow_services import Baseline, baseline_window
-from tracehouse.topology.api import EDGES_SQL
 
 DEFAULT_SAMPLE = 50
 MAX_SAMPLE = 500
@@ -240,22 +239,31 @@ def _sample(
 
 
 def _downstream_edges(
-    client: Any, service: str, start: dt.datetime, end: dt.datetime
+    client: Any,
+    service: str,
+    services: set[str],
+    start: dt.datetime,
+    end: dt.datetime,
 ) -> list[tuple[str, str, str]]:
-    """Edges of the service graph (``otel_edges_1m``) reachable from ``service``."""
-    rows = _rows(client, EDGES_SQL, {"start": int(start.timestamp()), "end": int(end.timestamp())})
+    """Edges of the service graph (``otel_edges_1m``) from ``services`` (those of the sampled
+    traces) that are reachable from ``service``."""
+    rows = _rows(
+        client,
+        queries.EDGES_SQL,
+        {
+            "start": int(start.timestamp()),
+            "end": int(end.timestamp()),
+            "services": sorted(services),
+        },
+    )
     graph = nx.DiGraph()
     for row in rows:
-        if row["type"] != "user":
-            graph.add_edge(row["source"], row["target"], type=row["type"])
+        graph.add_edge(row["source"], row["target"], type=row["type"])
     if service not in graph:
         return []
     keep = nx.descendants(graph, service) | {service}
-    return [
-        (u, v, str(data["type"]))
-        for u, v, data in graph.edges(data=True)
-        if u in keep and v in keep
-    ]
+    edges = graph.edges(data=True)
+    return [(u, v, str(data["type"])) for u, v, data in edges if u in keep and v in keep]
 
 
 def _cause(position: int, c: Candidate, statements: dict[str, tuple[str, str]]) -> Cause:
@@ -325,7 +333,10 @@ def diagnose(
     analyses, base_analyses, statements = _sample(
         client, service, op, (window.start, window.end), (base_start, base_end), sample
     )
-    edges = _downstream_edges(client, service, min(base_start, window.start), window.end)
+    seen = {s for a in (*analyses, *base_analyses) for call in a.calls for s in call}
+    edges = _downstream_edges(
+        client, service, seen | {service}, min(base_start, window.start), window.end
+    )
     ranking = rank(
         analyses,
         base_analyses,

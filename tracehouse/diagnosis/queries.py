@@ -3,15 +3,17 @@ sample of their traces, and the spans of those traces (read by trace id)."""
 
 from __future__ import annotations
 
+from tracehouse.query._rollups import ENTRY_KINDS
 from tracehouse.storage.conventions import IS_ERROR, SPAN_KIND
+from tracehouse.topology.api import latest_edges
 
 # Calls and errors of the service's (or operation's) entry spans, window and baseline.
-RED_SQL = """
+RED_SQL = f"""
 WITH
-    Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64})
+    Minute >= fromUnixTimestamp({{start:Int64}}) AND Minute < fromUnixTimestamp({{end:Int64}})
     AS Current,
-    Minute >= fromUnixTimestamp({base_start:Int64})
-        AND Minute < fromUnixTimestamp({base_end:Int64}) AS Base
+    Minute >= fromUnixTimestamp({{base_start:Int64}})
+        AND Minute < fromUnixTimestamp({{base_end:Int64}}) AS Base
 SELECT
     sumIf(Calls, Current) AS calls,
     sumIf(Errors, Current) AS errors,
@@ -22,51 +24,46 @@ SELECT
     sumIf(DurationSum, Base) AS base_total_ns,
     quantilesTDigestMergeIf(0.5, 0.95, 0.99)(DurationQuantiles, Base) AS base_quantiles
 FROM otel_red_1m
-WHERE ServiceName = {service:String}
-  AND ({operation:String} = '' OR SpanName = {operation:String})
-  AND Kind IN ('server', 'consumer')
+WHERE ServiceName = {{service:String}}
+  AND ({{operation:String}} = '' OR SpanName = {{operation:String}})
+  AND Kind IN {ENTRY_KINDS}
   AND (Current OR Base)
 """
 
-_ENTRY_SPANS = """
-    SELECT TraceId AS trace_id, SpanId AS span_id, Duration AS duration_ns,
-           toUnixTimestamp64Nano(Timestamp) AS start_ns, {failed} AS failed
+# The bounded samples of the window and of the baseline (``side``), in one scan of the
+# service's entry spans: the slowest n, n drawn at random (by a hash of the span id, so a
+# window always gives the same sample) and n failed ones at random. ``reason`` is the first
+# of slowest, random, failed that chose the span.
+SAMPLE_SQL = f"""
+SELECT trace_id, span_id, duration_ns, start_ns, failed, side,
+       multiIf(by_duration <= {{n:UInt32}}, 'slowest',
+               by_hash <= {{n:UInt32}}, 'random', 'failed') AS reason
+FROM (
+    SELECT
+        TraceId AS trace_id,
+        SpanId AS span_id,
+        Duration AS duration_ns,
+        toUnixTimestamp64Nano(Timestamp) AS start_ns,
+        {IS_ERROR} AS failed,
+        if(Timestamp >= fromUnixTimestamp({{start:Int64}})
+           AND Timestamp < fromUnixTimestamp({{end:Int64}}), 'window', 'baseline') AS side,
+        row_number() OVER (PARTITION BY side ORDER BY duration_ns DESC, span_id) AS by_duration,
+        row_number() OVER (PARTITION BY side ORDER BY cityHash64(span_id), span_id) AS by_hash,
+        row_number() OVER (PARTITION BY side, failed ORDER BY cityHash64(span_id), span_id)
+            AS by_failure
     FROM otel_traces
     WHERE ServiceName = {{service:String}}
       AND ({{operation:String}} = '' OR SpanName = {{operation:String}})
-      AND Timestamp >= fromUnixTimestamp({{{start}:Int64}})
-      AND Timestamp < fromUnixTimestamp({{{end}:Int64}})
+      AND ((Timestamp >= fromUnixTimestamp({{start:Int64}})
+            AND Timestamp < fromUnixTimestamp({{end:Int64}}))
+        OR (Timestamp >= fromUnixTimestamp({{base_start:Int64}})
+            AND Timestamp < fromUnixTimestamp({{base_end:Int64}})))
       AND SpanKind IN ('Server', 'SPAN_KIND_SERVER', 'Consumer', 'SPAN_KIND_CONSUMER')
-      AND TraceId != ''"""
-
-
-def _samples(side: str, start: str, end: str) -> str:
-    entries = _ENTRY_SPANS.format(failed=IS_ERROR, start=start, end=end)
-    return f"""
-SELECT * FROM (
-    SELECT *, '{side}' AS side, 'slowest' AS reason FROM ({entries})
-    ORDER BY duration_ns DESC LIMIT {{n:UInt32}}
+      AND TraceId != ''
 )
-UNION ALL
-SELECT * FROM (
-    SELECT *, '{side}' AS side, 'random' AS reason FROM ({entries})
-    ORDER BY cityHash64(span_id) LIMIT {{n:UInt32}}
-)
-UNION ALL
-SELECT * FROM (
-    SELECT *, '{side}' AS side, 'failed' AS reason FROM ({entries} AND {IS_ERROR})
-    ORDER BY cityHash64(span_id) LIMIT {{n:UInt32}}
-)"""
-
-
-# The bounded samples of the window and of the baseline (``side``): the slowest n entry
-# spans, n drawn at random (by a hash of the span id, so a window always gives the same
-# sample) and n failed ones at random.
-SAMPLE_SQL = (
-    _samples("window", "start", "end")
-    + "\nUNION ALL"
-    + _samples("baseline", "base_start", "base_end")
-)
+WHERE by_duration <= {{n:UInt32}} OR by_hash <= {{n:UInt32}}
+   OR (failed AND by_failure <= {{n:UInt32}})
+"""
 
 # The statement's fingerprint as migrations 0004/0009 compute it for otel_db_1m (there a
 # doubled dollar sign is the template's escape of one), so a SQL cause names the same
@@ -123,4 +120,14 @@ WHERE TraceId IN {{trace_ids:Array(String)}}
         AND Timestamp < fromUnixTimestamp64Nano({{end_ns:Int64}}))
     OR (Timestamp >= fromUnixTimestamp64Nano({{base_start_ns:Int64}})
         AND Timestamp < fromUnixTimestamp64Nano({{base_end_ns:Int64}})))
+"""
+
+# The service graph around the sampled services (otel_edges_1m, latest recomputation of
+# each minute), as /api/v1/topology reads it.
+EDGES_SQL = f"""
+SELECT DISTINCT Source AS source, Target AS target, ConnectionType AS type
+FROM ({latest_edges()})
+WHERE Version = LatestVersion
+  AND ConnectionType != 'user'
+  AND has({{services:Array(String)}}, Source)
 """
