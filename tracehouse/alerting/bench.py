@@ -222,14 +222,16 @@ def evaluation_pass(spans: int, rules: int, batch: int, data_dir: Path) -> tuple
     client = storage.connect(settings.resolved_clickhouse_url)
     try:
         storage.Migrator(client, settings.schema_options()).migrate()
-        end_s = int(time.time()) // 60 * 60 + 60
+        end_s = int(time.time()) // 60 * 60
         seeded = seed_spans(client, spans, 1, batch, 7, end_s)
         print(f"seeded {seeded.spans:,} spans in {seeded.seconds:.1f} s", flush=True)
         store = AlertStore(client)
         for rule in bench_rules(rules):
             store.put_rule(rule)
         worker = AlertWorker(client, None, "http://localhost:8080")
-        now = dt.datetime.now(dt.UTC)
+        # Evaluated as of the end of the seeded hour, however long seeding took, so that the
+        # rules' windows hold the seeded spans.
+        now = dt.datetime.fromtimestamp(end_s, dt.UTC)
         timings = []
         for offset in (0, 15):
             started = time.perf_counter()
