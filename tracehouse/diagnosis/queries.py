@@ -80,13 +80,20 @@ _NORMALIZED = f"""trimBoth(replaceRegexpAll(replaceRegexpAll(replaceRegexpAll(
         '[(][?][.][.][)](?:[[:space:]]*,[[:space:]]*[(][?][.][.][)])+', '(?..), ...'))"""
 
 # The peer of a client span without a server child, in the edge builder's order
-# (tracehouse/topology/edges.py): peer service, server address, database namespace/system,
-# messaging destination.
-_PEER = """multiIf(
+# (tracehouse/topology/edges.py): peer service, server address (and port), peer address,
+# database namespace/system, messaging destination.
+_HOST = (
+    "if(SpanAttributes['server.address'] != '', SpanAttributes['server.address'], "
+    "SpanAttributes['net.peer.name'])"
+)
+_PORT = (
+    "if(SpanAttributes['server.port'] != '', SpanAttributes['server.port'], "
+    "SpanAttributes['net.peer.port'])"
+)
+_PEER = f"""multiIf(
         SpanAttributes['service.peer.name'] != '', SpanAttributes['service.peer.name'],
         SpanAttributes['peer.service'] != '', SpanAttributes['peer.service'],
-        SpanAttributes['server.address'] != '', SpanAttributes['server.address'],
-        SpanAttributes['net.peer.name'] != '', SpanAttributes['net.peer.name'],
+        {_HOST} != '', concat({_HOST}, if({_PORT} != '', concat(':', {_PORT}), '')),
         SpanAttributes['network.peer.address'] != '', SpanAttributes['network.peer.address'],
         SpanAttributes['db.namespace'] != '', SpanAttributes['db.namespace'],
         SpanAttributes['db.name'] != '', SpanAttributes['db.name'],
