@@ -432,3 +432,86 @@ def test_rules_sharing_a_query_get_what_their_own_query_gives(env: Env) -> None:
 
 def _by_labels(samples: Any) -> list[tuple[list[tuple[str, str]], float | None]]:
     return sorted((sorted(s.labels.items()), s.value) for s in samples)
+
+
+def test_log_count_rule_counts_matching_records(env: Env) -> None:
+    """Log records sent as OTLP/JSON over HTTP; the rule counts errors mentioning timeout."""
+    services = [f"logs-{RUN}-a", f"logs-{RUN}-b"]
+    now = time.time_ns()
+    records = {
+        services[0]: [
+            (17, "ERROR", "db timeout after 5s"),
+            (17, "ERROR", "Timeout on cart"),
+            (9, "INFO", "timeout retried"),
+            (17, "ERROR", "payment declined"),
+        ],
+        services[1]: [(21, "FATAL", "upstream TIMEOUT")],
+    }
+    body = {
+        "resourceLogs": [
+            {
+                "resource": {
+                    "attributes": [{"key": "service.name", "value": {"stringValue": service}}]
+                },
+                "scopeLogs": [
+                    {
+                        "logRecords": [
+                            {
+                                "timeUnixNano": str(now - i * MS),
+                                "severityNumber": number,
+                                "severityText": text,
+                                "body": {"stringValue": message},
+                            }
+                            for i, (number, text, message) in enumerate(rows)
+                        ]
+                    }
+                ],
+            }
+            for service, rows in records.items()
+        ]
+    }
+    sent = httpx.post(f"http://127.0.0.1:{env.app.ports.http}/v1/logs", json=body, timeout=30)
+    assert sent.status_code == 200, sent.text
+    assert query(
+        env.app, "SELECT count() FROM otel_logs WHERE ServiceName = {s:String}", s=services[0]
+    ) == [(4,)]
+    rule = Rule.model_validate(
+        {
+            "name": f"logs-{RUN}",
+            "kind": "log_count",
+            "window": "5m",
+            "group_by": ["service"],
+            "filters": {"min_severity_number": "17", "body_contains": "timeout"},
+            "condition": {"op": ">", "threshold": 1},
+        }
+    )
+    result = queries.run(env.app.client, rule, dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1))
+    assert result.error is None
+    counts = {
+        s.labels["service"]: s.value for s in result.samples if s.labels["service"] in services
+    }
+    assert counts == {services[0]: 2.0, services[1]: 1.0}
+
+
+def test_deleting_an_api_rule_retires_its_alerts(env: Env) -> None:
+    name = f"doomed-{RUN}"
+    rule = {
+        "name": name,
+        "kind": "sql",
+        "query": "SELECT 2 AS value",
+        "interval": "5s",
+        "condition": {"op": ">", "threshold": 1},
+    }
+    assert httpx.post(env.url("/alert-rules"), json=rule, timeout=30).status_code == 201
+
+    def firing() -> bool:
+        return any(
+            a["rule"] == name and a["state"] == "firing" for a in env.get("/alerts")["alerts"]
+        )
+
+    wait_until("the API rule firing", firing)
+    assert httpx.delete(env.url(f"/alert-rules/{name}"), timeout=30).status_code == 204
+    wait_until(
+        "its alert gone",
+        lambda: not any(a["rule"] == name for a in env.get("/alerts", state="all")["alerts"]),
+    )
