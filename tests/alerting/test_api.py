@@ -515,3 +515,74 @@ def test_deleting_an_api_rule_retires_its_alerts(env: Env) -> None:
         "its alert gone",
         lambda: not any(a["rule"] == name for a in env.get("/alerts", state="all")["alerts"]),
     )
+
+
+def test_edge_rules_read_what_the_topology_api_shows(env: Env) -> None:
+    """Client→server calls between two services (3 of 8 failing), edges computed by the
+    topology job; an edge rule's call count and error rate match /api/v1/topology."""
+    from opentelemetry import trace
+
+    from tracehouse.topology import EdgeBuilder
+
+    front, back = f"edge-front-{RUN}", f"edge-back-{RUN}"
+    providers = {}
+    for service in (front, back):
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": service}), shutdown_on_exit=False
+        )
+        exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{env.app.ports.http}/v1/traces")
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        providers[service] = provider
+    start_s = (int(time.time()) // 60 - 1) * 60  # the previous, closed minute
+    for i in range(8):
+        at = (start_s + 5 + i) * 10**9
+        client = (
+            providers[front]
+            .get_tracer("t")
+            .start_span("GET /stock", kind=SpanKind.CLIENT, start_time=at)
+        )
+        server = (
+            providers[back]
+            .get_tracer("t")
+            .start_span(
+                "GET /stock",
+                kind=SpanKind.SERVER,
+                start_time=at + MS,
+                context=trace.set_span_in_context(client),
+            )
+        )
+        if i < 3:
+            server.set_status(Status(StatusCode.ERROR))
+        server.end(end_time=at + 40 * MS)
+        client.end(end_time=at + 50 * MS)
+    for provider in providers.values():
+        provider.shutdown()
+    assert query(
+        env.app, "SELECT count() FROM otel_traces WHERE ServiceName = {s:String}", s=back
+    ) == [(8,)]
+    EdgeBuilder(env.app.client, lag_s=0, window_min=3).run_once(
+        dt.datetime.fromtimestamp(start_s + 120, dt.UTC)
+    )
+    topology = env.get("/topology", start=str(start_s), end=str(start_s + 60))
+    (edge,) = [e for e in topology["edges"] if e["source"] == front and e["target"] == back]
+    now = dt.datetime.fromtimestamp(start_s + 60, dt.UTC)
+    values = {}
+    for kind in ("error_rate", "call_rate", "latency"):
+        rule = Rule.model_validate(
+            {
+                "name": f"edge-{kind}",
+                "kind": kind,
+                "scope": "edge",
+                "window": "1m",
+                "filters": {"source": front},
+                "group_by": ["target"],
+                "condition": {"threshold": 1},
+            }
+        )
+        result = queries.run(env.app.client, rule, now)
+        assert result.error is None, result.error
+        (sample,) = [s for s in result.samples if s.labels == {"target": back}]
+        values[kind] = sample.value
+    assert edge["calls"] == 8 and values["error_rate"] == edge["error_rate"] == 0.375
+    assert values["call_rate"] == pytest.approx(8 / 60)
+    assert values["latency"] == pytest.approx(edge["client_p99_ms"], rel=0.01)
