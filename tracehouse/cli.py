@@ -131,6 +131,12 @@ def _cmd_bench_soak(args: argparse.Namespace) -> int:
     return run_soak_bench(args)
 
 
+def _cmd_bench_fuzz(args: argparse.Namespace) -> int:
+    from tracehouse.bench.fuzz import run_fuzz_bench
+
+    return run_fuzz_bench(args)
+
+
 def _cmd_bench_alerting(args: argparse.Namespace) -> int:
     from tracehouse.alerting.bench import run_alerting_bench
 
@@ -304,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_soak.add_argument("--batch", type=int, default=100, help="spans per request")
     bench_soak.add_argument("--sample", type=float, default=5.0, help="seconds between RSS samples")
     bench_soak.set_defaults(func=_cmd_bench_soak)
+    bench_fuzz = bench_sub.add_parser(
+        "fuzz", help="hostile OTLP/HTTP requests: outcomes by status, no 500s, peak RSS"
+    )
+    bench_fuzz.add_argument("--cases", type=int, default=100_000, help="requests sent")
+    bench_fuzz.add_argument("--seed", type=int, default=1, help="seed of the cases")
+    bench_fuzz.add_argument("--progress", type=int, default=5_000, help="cases between reports")
+    bench_fuzz.set_defaults(func=_cmd_bench_fuzz)
     bench_alerting = bench_sub.add_parser(
         "alerting", help="alert time to detect, and the evaluation time of many rules"
     )

@@ -1,0 +1,168 @@
+"""Hostile input: hypothesis over the OTLP decoders and the OTLP/HTTP endpoints for traces,
+logs and metrics — corrupt, truncated, deeply nested, oversized, invalid UTF-8, huge attribute
+counts and values. No 500s, no crash, and the server still stores valid data afterwards.
+
+A small derandomized sample runs here; ``tracehouse bench fuzz --cases 100000`` is the long
+run (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import ServerFactory
+from tests.ingest.otlp_factory import trace_request
+from tests.reliability.harness import stored_ids
+from tracehouse.app import Tracehouse
+from tracehouse.bench.fuzz import ALLOWED_STATUSES, JSON, PATHS, PROTO, make_case
+from tracehouse.ingest.otlp_json import JsonDecodeError, parse_json
+from tracehouse.ingest.receiver import _REQUESTS
+from tracehouse.model import Signal
+
+LIMIT = 4 * 2**20
+FUZZ = settings(
+    max_examples=150,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    database=None,
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(make_module_server: ServerFactory) -> Tracehouse:
+    return make_module_server(max_request_bytes=LIMIT, insert_retry_interval_s=0.2)
+
+
+@pytest.fixture(scope="module")
+def client(fuzz_server: Tracehouse) -> Any:
+    with httpx.Client(base_url=f"http://127.0.0.1:{fuzz_server.ports.http}", timeout=60) as c:
+        yield c
+
+
+def _post(client: httpx.Client, path: str, body: bytes, headers: dict[str, str]) -> int:
+    status = client.post(path, content=body, headers=headers).status_code
+    assert status in ALLOWED_STATUSES, f"{path}: HTTP {status}"
+    assert status != 503, "a hostile request must not make ingest unavailable"
+    return status
+
+
+@FUZZ
+@given(seed=st.integers(min_value=0, max_value=2**32))
+def test_hostile_requests_from_the_bench_generator_get_no_500(
+    client: httpx.Client, seed: int
+) -> None:
+    case = make_case(random.Random(seed), LIMIT)
+    _post(client, case.path, case.body, case.headers())
+
+
+@FUZZ
+@given(
+    path=st.sampled_from(PATHS),
+    content_type=st.sampled_from([PROTO, JSON]),
+    body=st.binary(max_size=4096),
+)
+def test_arbitrary_bytes_get_no_500(
+    client: httpx.Client, path: str, content_type: str, body: bytes
+) -> None:
+    _post(client, path, body, {"Content-Type": content_type})
+
+
+_OTLP_FIELDS = [
+    "resourceSpans",
+    "resourceLogs",
+    "resourceMetrics",
+    "scopeSpans",
+    "scopeLogs",
+    "scopeMetrics",
+    "spans",
+    "logRecords",
+    "metrics",
+    "traceId",
+    "spanId",
+    "resource",
+    "attributes",
+    "key",
+    "value",
+    "stringValue",
+    "kvlistValue",
+    "arrayValue",
+    "values",
+    "gauge",
+    "sum",
+    "histogram",
+    "dataPoints",
+    "exemplars",
+    "body",
+    "startTimeUnixNano",
+    "kind",
+    "status",
+    "name",
+]
+_JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats()
+    | st.text(max_size=30),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(_OTLP_FIELDS) | st.text(max_size=10), children, max_size=5
+        )
+    ),
+    max_leaves=40,
+)
+
+
+@FUZZ
+@given(signal=st.sampled_from(list(Signal)), document=_JSON_VALUES)
+def test_json_decoder_raises_only_its_own_error(signal: Signal, document: Any) -> None:
+    """Structured JSON of the OTLP field names with arbitrary shapes and values: decoded, or
+    refused with JsonDecodeError (the receivers' 400) — never another exception."""
+    body = json.dumps(document).encode()
+    with contextlib.suppress(JsonDecodeError):
+        parse_json(body, _REQUESTS[signal](), signal.value)
+
+
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+@pytest.mark.parametrize("opener", ["[", '{"a":'])
+def test_deeply_nested_json_is_a_400(client: httpx.Client, depth: int, opener: str) -> None:
+    """Found by the fuzzer: a deeply nested JSON body raised RecursionError (HTTP 500)."""
+    closer = "]" if opener == "[" else "}"
+    body = '{"resourceSpans":' + opener * depth + "1" + closer * depth + "}"
+    response = client.post("/v1/traces", content=body, headers={"Content-Type": JSON})
+    assert response.status_code == 400
+    assert "nested too deeply" in response.json()["message"]
+
+
+@pytest.mark.parametrize("value", ["1e400", "-1e400", "1e30"])
+@pytest.mark.parametrize("field", ["startTimeUnixNano", "kind", "droppedAttributesCount"])
+def test_out_of_range_json_numbers_are_a_400(client: httpx.Client, field: str, value: str) -> None:
+    """Found by the fuzzer: 1e400 (infinity) for an integer field raised OverflowError (500)."""
+    body = (
+        '{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"0102030405060708090a0b0c0d0e0f10",'
+        f'"spanId":"0102030405060708","{field}":{value}}}]}}]}}]}}'
+    )
+    response = client.post("/v1/traces", content=body, headers={"Content-Type": JSON})
+    assert response.status_code == 400, response.text
+    assert "OTLP/JSON" in response.json()["message"]
+
+
+def test_server_still_stores_valid_data_after_hostile_input(
+    client: httpx.Client, fuzz_server: Tracehouse, service_name: str
+) -> None:
+    rng = random.Random(7)
+    for _ in range(50):
+        case = make_case(rng, LIMIT)
+        _post(client, case.path, case.body, case.headers())
+    request = trace_request(service_name, spans=5)
+    assert _post(client, "/v1/traces", request.SerializeToString(), {"Content-Type": PROTO}) == 200
+    assert sum(stored_ids(fuzz_server, service_name).values()) == 5
