@@ -133,22 +133,6 @@ def demo(make_module_server: ServerFactory) -> Iterator[Demo]:
     yield Demo(app, run, failed, log_body)
 
 
-@pytest.fixture(scope="session")
-def screenshots(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Iterator[Path]:
-    """Where screenshots go (``TRACEHOUSE_UI_SCREENSHOTS`` or a session temp dir); the path is
-    printed at the end of the session, whatever the capture mode."""
-    chosen = os.environ.get("TRACEHOUSE_UI_SCREENSHOTS")
-    path = Path(chosen) if chosen else tmp_path_factory.mktemp("screenshots")
-    path.mkdir(parents=True, exist_ok=True)
-    yield path
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        count = len(list(path.glob("*.png")))
-        reporter.write_line(f"tests/dashboards: {count} UI screenshots in {path}")
-
-
 @pytest.fixture(scope="module")
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as driver:
