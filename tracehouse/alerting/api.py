@@ -8,6 +8,7 @@ through the API (409: edit the file).
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from dataclasses import replace
 from pathlib import Path as FilePath
@@ -279,8 +280,6 @@ def router(client: Any, rules_file: FilePath | None) -> APIRouter:
             raise _invalid(["body", "ends_at"], "ends_at must be after starts_at")
         for i, m in enumerate(body.matchers):
             if m.op in ("=~", "!~"):
-                import re
-
                 try:
                     re.compile(m.value)
                 except re.error as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -67,8 +68,6 @@ class Matcher:
     op: str = "="
 
     def matches(self, labels: Mapping[str, str]) -> bool:
-        import re
-
         got = labels.get(self.name, "")
         if self.op == "=":
             return got == self.value

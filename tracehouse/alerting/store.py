@@ -11,7 +11,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from tracehouse.alerting.delivery import DeliveryStatus
@@ -344,8 +344,6 @@ class AlertStore:
     def forget_rule(self, name: str, instances: Iterable[AlertInstance]) -> None:
         """Mark the instances of a removed rule inactive."""
         now = dt.datetime.now(dt.UTC)
-        from dataclasses import replace
-
         self.put_instances(
             replace(i, state=AlertState.INACTIVE, last_evaluation=now)
             for i in instances
