@@ -264,11 +264,13 @@ def test_services_sort_by_a_column_header_into_the_url(tab: Tab, demo: Demo) -> 
     tab.wait_for("location.hash.includes('sort=p99_ms')")
     tab.wait_ready()
     assert "dir=desc" in tab.route()
-    p99 = {s["service"]: s["p99_ms"] for s in demo.api("/services")["services"]}
+    stats = {s["service"]: s for s in demo.api("/services")["services"]}
     mine = set(demo.run.services.values())
     shown = [r.get_attribute("data-row") for r in page.locator("tbody tr[data-row]").all()]
     shown = [name for name in shown if name in mine]
-    assert shown == sorted(mine, key=lambda name: -p99[name])
+    # Largest p99 first; ties keep the default order (more calls first, then by name).
+    expected = sorted(mine, key=lambda n: (-stats[n]["p99_ms"], -stats[n]["calls"], n))
+    assert shown == expected
     assert_clean(tab)
 
 
