@@ -30,7 +30,7 @@ from tracehouse.access import (
     ScopedClient,
     audit_router,
 )
-from tracehouse.alerting import AlertWorker
+from tracehouse.alerting import AlertWorker, EgressPolicy
 from tracehouse.alerting import router as alerting_router
 from tracehouse.config import Settings
 from tracehouse.dashboards import ui_router
@@ -229,7 +229,12 @@ class Tracehouse:
         s = self.settings
         return [
             lambda: EdgeWorker(EdgeBuilder(edges_client), interval_s=15.0),
-            lambda: AlertWorker(alerting_client, s.alert_rules_file, s.resolved_alert_external_url),
+            lambda: AlertWorker(
+                alerting_client,
+                s.alert_rules_file,
+                s.resolved_alert_external_url,
+                egress=EgressPolicy(s.webhook_allow, s.webhook_deny),
+            ),
             lambda: InsightWorker(insights_client, insight_settings),
         ]
 

@@ -19,6 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from tracehouse.alerting.egress import EgressPolicy
 from tracehouse.storage.schema import (
     DEFAULT_SLOW_SQL_THRESHOLDS,
     SchemaOptions,
@@ -141,6 +142,14 @@ class Settings(BaseSettings):
         description="YAML file of alert receivers and rules (docs/alerting.md), re-read when "
         "it changes; rules can also be added through /api/v1/alert-rules",
     )
+    webhook_allow: list[str] = Field(
+        default_factory=list,
+        description="webhook targets (host names, CIDR networks); when set, only these",
+    )
+    webhook_deny: list[str] = Field(
+        default_factory=list,
+        description="webhook targets refused besides link-local and metadata addresses",
+    )
     alert_external_url: str | None = Field(
         default=None,
         description="this tracehouse's URL as receivers should link to it (externalURL, "
@@ -154,6 +163,11 @@ class Settings(BaseSettings):
     def _check_slow_sql_thresholds(cls, value: str) -> str:
         parse_slow_sql_thresholds(value)
         return value
+
+    @model_validator(mode="after")
+    def _check_webhook_targets(self) -> Settings:
+        EgressPolicy(self.webhook_allow, self.webhook_deny)  # names a bad entry
+        return self
 
     @field_validator("roles", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ that drive autoscalers and remediation (DESIGN.md §3, docs/alerting.md).
 
 from tracehouse.alerting.api import router
 from tracehouse.alerting.delivery import Notifier, WebhookNotifier
+from tracehouse.alerting.egress import EgressPolicy, EgressRefused
 from tracehouse.alerting.evaluator import AlertState, evaluate
 from tracehouse.alerting.rules import Receiver, Rule, RuleError, parse_rules_file
 from tracehouse.alerting.worker import AlertWorker
@@ -17,6 +18,8 @@ from tracehouse.alerting.worker import AlertWorker
 __all__ = [
     "AlertState",
     "AlertWorker",
+    "EgressPolicy",
+    "EgressRefused",
     "Notifier",
     "Receiver",
     "Rule",

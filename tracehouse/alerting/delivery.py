@@ -24,6 +24,8 @@ from typing import Protocol
 
 import httpx
 
+from tracehouse.alerting.egress import EgressPolicy, EgressRefused
+
 
 class DeliveryStatus(StrEnum):
     PENDING = "pending"
@@ -51,6 +53,8 @@ class SendResult:
     status_code: int | None
     retry_after_s: float | None = None
     error: str | None = None
+    # Refused before sending (the egress policy): another attempt would be refused too.
+    final: bool = False
 
     @property
     def ok(self) -> bool:
@@ -107,14 +111,24 @@ def parse_retry_after(value: str | None, now: dt.datetime) -> float | None:
 
 
 class WebhookNotifier:
-    """Delivers with httpx (one connection pool), signed per Standard Webhooks."""
+    """Delivers with httpx (one connection pool), signed per Standard Webhooks, to the
+    targets ``egress`` allows (default: anything but link-local and metadata addresses)."""
 
-    def __init__(self, clock: Callable[[], dt.datetime] | None = None) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], dt.datetime] | None = None,
+        egress: EgressPolicy | None = None,
+    ) -> None:
         self._client = httpx.Client(follow_redirects=False)
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self._egress = egress or EgressPolicy()
 
     def send(self, request: WebhookRequest) -> SendResult:
         now = self._clock()
+        try:
+            self._egress.check(request.url)
+        except EgressRefused as exc:
+            return SendResult(None, error=str(exc), final=True)
         try:
             response = self._client.post(
                 request.url,
@@ -138,7 +152,10 @@ class WebhookNotifier:
 
 
 def retryable(result: SendResult) -> bool:
-    """A network error, 408, 429 and 5xx are worth another attempt; any other 4xx is final."""
+    """A network error, 408, 429 and 5xx are worth another attempt; any other 4xx is final,
+    as is a target the egress policy refuses."""
+    if result.final:
+        return False
     code = result.status_code
     return code is None or code in (408, 429) or code >= 500
 

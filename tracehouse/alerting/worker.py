@@ -39,6 +39,7 @@ from tracehouse.alerting.delivery import (
     after_attempt,
 )
 from tracehouse.alerting.dispatch import SentGroup, plan_groups, scaling_outgoing
+from tracehouse.alerting.egress import EgressPolicy
 from tracehouse.alerting.evaluator import (
     AlertInstance,
     AlertState,
@@ -98,12 +99,13 @@ class AlertWorker:
         notifier: Notifier | None = None,
         tick_s: float = 1.0,
         clock: Clock = _now,
+        egress: EgressPolicy | None = None,
     ) -> None:
         self.store = AlertStore(client)
         self.book = RuleBook(self.store, rules_file)
         self.external_url = external_url
         self._owned_notifier = notifier is None
-        self.notifier: Notifier = notifier or WebhookNotifier()
+        self.notifier: Notifier = notifier or WebhookNotifier(egress=egress)
         self.tick_s = tick_s
         self.clock = clock
         self._instances: dict[str, dict[str, AlertInstance]] = {}
