@@ -110,6 +110,9 @@ class InsightSettings:
     cooldown_min: int = 15
     lag_s: float = 60.0
     sample: int = 50
+    # Diagnoses per run at most (a broad outage raises many insights at once); the rest are
+    # stored without one, saying so.
+    max_diagnoses: int = 20
 
 
 @dataclass(frozen=True)
@@ -341,7 +344,11 @@ class InsightDetector:
                 continue
             key = (f.service, f.operation)
             if key not in diagnoses:
-                diagnoses[key] = self._diagnose(f.service, f.operation, window)
+                if len(diagnoses) < s.max_diagnoses:
+                    diagnoses[key] = self._diagnose(f.service, f.operation, window)
+                else:
+                    skipped = f"not diagnosed: over {s.max_diagnoses} diagnoses in this run"
+                    diagnoses[key] = ("", skipped)
             text, error = diagnoses[key]
             identity = f"{d.kind}|{f.service}|{f.operation}|{int(window.end.timestamp())}"
             stored.append(
