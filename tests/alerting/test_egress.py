@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 from pydantic import ValidationError
 
+from tracehouse.alerting.api import redact_url
 from tracehouse.alerting.delivery import (
     DeliveryStatus,
     WebhookNotifier,
@@ -102,3 +103,14 @@ def test_a_refused_attempt_is_final_and_goes_to_the_dead_letters() -> None:
 def test_bad_entries_stop_the_configuration_naming_the_setting(field: str, entry: str) -> None:
     with pytest.raises(ValidationError, match=field):
         Settings(**{field: [entry]})
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://ops:s3cret@hooks.example.com/a?x=1", "https://ops:***@hooks.example.com/a?x=1"),
+        ("https://hooks.example.com/a", "https://hooks.example.com/a"),
+    ],
+)
+def test_delivery_urls_are_shown_without_passwords(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

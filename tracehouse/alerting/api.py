@@ -13,6 +13,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path as FilePath
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field, ValidationError
@@ -77,6 +78,15 @@ def _silence_out(s: Silence, created_by: str, comment: str, now: dt.datetime) ->
     }
 
 
+def redact_url(url: str) -> str:
+    """``url`` without the password of its userinfo (secrets are never echoed)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 def _delivery_out(e: OutboxEntry, with_body: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": e.id,
@@ -94,7 +104,7 @@ def _delivery_out(e: OutboxEntry, with_body: bool = False) -> dict[str, Any]:
         "deadline": iso(e.deadline),
     }
     if with_body:
-        out["url"] = e.url
+        out["url"] = redact_url(e.url)
         out["body"] = e.body
         out["alerts"] = e.alerts
     return out
