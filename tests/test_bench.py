@@ -163,6 +163,21 @@ def test_bench_query_times_every_endpoint_on_realistic_seeded_spans(tmp_path: Pa
     assert facts["edge_types"] == ["database", "messaging", "service", "user"]
     assert facts["edge_hours"] >= 24.9  # edges for the whole range, not a trailing window
 
+    # The directory now holds spans: refused without --reuse, measured again with it.
+    again = [sys.executable, "-m", "tracehouse.cli", "bench", "query", "--data-dir", str(data_dir)]
+    refused = subprocess.run(again, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0
+    assert "already holds 20,000 spans: pass --reuse" in refused.stderr
+    reused = subprocess.run(
+        [*again, "--reuse", "--runs", "1", "--raw-runs", "0", "--settle", "0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert reused.returncode == 0, reused.stdout + reused.stderr
+    assert "seeding" not in reused.stdout
+    assert [(row[0], row[1]) for row in _table(reused.stdout)] == [(row[0], row[1]) for row in rows]
+
 
 def test_bench_query_refuses_fewer_than_24_hours() -> None:
     result = subprocess.run(

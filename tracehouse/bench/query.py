@@ -628,9 +628,10 @@ def _bench(args: argparse.Namespace, app: Any) -> int:
     print(format_table(rows))
     if args.markdown:
         print("\n" + format_markdown(rows))
+    print()
     if seeded is not None:
         print(
-            f"\nseeding: {seeded.spans:,} spans in {seeded.seconds:.1f} s, "
+            f"seeding: {seeded.spans:,} spans in {seeded.seconds:.1f} s, "
             f"edges {seeded.edge_seconds:.1f} s"
         )
     memory = psutil.virtual_memory().total / 2**30
