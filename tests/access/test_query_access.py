@@ -220,6 +220,35 @@ def test_a_viewer_reads_but_does_not_change(site: Site) -> None:
     assert not any(TOKENS["editor"] in json.dumps(e) for e in entries)
 
 
+def test_only_an_admin_creates_expert_sql_rules(site: Site) -> None:
+    rule = {
+        "name": f"expert-{site.run.suffix}",
+        "kind": "sql",
+        "query": "SELECT 2 AS value",
+        "interval": "5s",
+        "condition": {"op": ">", "threshold": 1},
+    }
+
+    def post(token: str) -> httpx.Response:
+        return httpx.post(
+            site.url("/api/v1/alert-rules"),
+            json=rule,
+            headers={"Authorization": f"Bearer {TOKENS[token]}"},
+            timeout=30,
+        )
+
+    refused = post("editor")
+    assert refused.status_code == 403
+    assert "admin token is needed" in refused.json()["detail"]
+    assert post("admin").status_code == 201
+    deleted = httpx.delete(
+        site.url(f"/api/v1/alert-rules/{rule['name']}"),
+        headers={"Authorization": f"Bearer {TOKENS['admin']}"},
+        timeout=30,
+    )
+    assert deleted.status_code == 204
+
+
 # --- what a scope sees ---------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field, ValidationError
 
+from tracehouse.access import Role, current_principal
 from tracehouse.alerting import queries
 from tracehouse.alerting.delivery import DeliveryStatus
 from tracehouse.alerting.dispatch import iso
@@ -142,6 +143,14 @@ def router(client: Any, rules_file: FilePath | None) -> APIRouter:
                 for e in exc.errors()
             ]
             raise HTTPException(422, detail=detail) from exc
+        principal = current_principal()
+        if rule.kind == "sql" and principal is not None and not principal.may(Role.ADMIN):
+            # Expert SQL runs in the worker unscoped: it could read any service's data.
+            raise HTTPException(
+                403,
+                detail=f"token {principal.name!r} may not create expert SQL rules "
+                "(kind: sql reads every service's data): an admin token is needed",
+            )
         try:
             check_references(rule, set(book.receivers()))
         except RuleError as exc:
