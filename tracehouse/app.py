@@ -267,6 +267,7 @@ class Tracehouse:
                 embedded=s.embedded,
                 max_value_length=s.max_attribute_value_length,
                 pool_size=2 * s.ingest_writers,
+                limits=s.item_limits(),
             )
             sink = self._writer
         spool = Spool(s.resolved_spool_dir, s.spool_max_bytes)
@@ -282,7 +283,7 @@ class Tracehouse:
         )
         self.pipeline = IngestPipeline(sink, spool, limits)
         self.pipeline.start()
-        receiver = OtlpReceiver(self.pipeline, s.max_attribute_value_length)
+        receiver = OtlpReceiver(self.pipeline, s.item_limits())
         self._grpc = ingest.create_grpc_server(
             receiver,
             s.max_request_bytes,

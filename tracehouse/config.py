@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from tracehouse.alerting.egress import EgressPolicy
+from tracehouse.storage.otlp_sql import ItemLimits
 from tracehouse.storage.schema import (
     DEFAULT_SLOW_SQL_THRESHOLDS,
     SchemaOptions,
@@ -56,6 +57,11 @@ class Settings(BaseSettings):
 
     max_request_bytes: int = Field(default=64 * MiB, gt=0)
     max_attribute_value_length: int = Field(default=128 * 1024, gt=0, description="characters")
+    max_attributes: int = Field(
+        default=1000, gt=0, description="attributes kept per span, event, link, record, resource"
+    )
+    max_span_events: int = Field(default=1000, ge=0, description="events kept per span")
+    max_span_links: int = Field(default=1000, ge=0, description="links kept per span")
 
     batch_max_rows: int = Field(default=50_000, gt=0, description="items per insert")
     queue_max_rows: int = Field(default=500_000, gt=0, description="items waiting for the disk")
@@ -214,6 +220,15 @@ class Settings(BaseSettings):
     @property
     def resolved_spool_dir(self) -> Path:
         return self.spool_dir if self.spool_dir is not None else self.data_dir / "spool"
+
+    def item_limits(self) -> ItemLimits:
+        """What one span, record or data point may hold before the insert cuts it."""
+        return ItemLimits(
+            max_value_length=self.max_attribute_value_length,
+            max_attributes=self.max_attributes,
+            max_events=self.max_span_events,
+            max_links=self.max_span_links,
+        )
 
     def schema_options(self) -> SchemaOptions:
         """What of this configuration shapes the DDL (``migrate``, and the start)."""

@@ -82,5 +82,6 @@ def _outage_under_load(
 
     assert stats.error_count == 0, stats.errors
     result = verdict(stats, stored_ids(app, service_name))
+    print(f"{result} outcomes={dict(stats.outcomes)}")  # the figures, with pytest -s
     assert result.ok, result
     assert result.stored >= result.acked >= 1_600

@@ -87,5 +87,6 @@ def test_kill_9_under_load_then_restart_stores_every_acknowledged_span_once(
     assert any(o.startswith("connection:") for o in stats.outcomes), "the kill broke nothing"
     assert stats.error_count == 0, stats.errors
     result = verdict(stats, stored_ids_from_engine(data_dir, service))
+    print(f"{result} outcomes={dict(stats.outcomes)}")  # the figures, with pytest -s
     assert result.ok, result
     assert result.acked >= 3_000

@@ -9,6 +9,7 @@ from tracehouse.bench.soak import soak
 
 def test_short_soak_at_80_percent_loses_nothing_and_has_no_errors() -> None:
     result = soak(20, fraction=0.8, calibrate_s=5, concurrency=4, batch=50, sample_s=2)
+    print(result.verdict, f"max {result.max_spans_per_s:.0f}/s", result.rss_curve)  # pytest -s
     assert result.stats.error_count == 0, result.stats.errors
     assert result.stats.connection_failures == 0, result.stats.outcomes
     assert result.verdict.ok, result.verdict

@@ -381,16 +381,24 @@ def run_fuzz_bench(args: argparse.Namespace) -> int:
         conn: list[http.client.HTTPConnection] = []
 
         def send(case: Case) -> int:
-            if not conn:
-                conn.append(http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60))
-            try:
-                conn[0].request("POST", case.path, case.body, case.headers())
-                response = conn[0].getresponse()
-                response.read()
-                return response.status
-            except (OSError, http.client.HTTPException):
-                conn.pop().close()
-                raise
+            # A keep-alive connection left idle past the server's timeout (building a large
+            # case takes seconds) is closed by the server: send once more on a new one.
+            for attempt in range(2):
+                fresh = not conn
+                if fresh:
+                    conn.append(
+                        http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
+                    )
+                try:
+                    conn[0].request("POST", case.path, case.body, case.headers())
+                    response = conn[0].getresponse()
+                    response.read()
+                    return response.status
+                except (OSError, http.client.HTTPException):
+                    conn.pop().close()
+                    if fresh or attempt:
+                        raise
+            raise AssertionError("unreachable")
 
         try:
             return _fuzz_server(args, server, send, limit, Path(tmp))

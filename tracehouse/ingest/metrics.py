@@ -19,6 +19,12 @@ TRUNCATED = Counter(
     "Attribute values and log bodies cut to max_attribute_value_length",
     ["signal"],
 )
+DROPPED = Counter(
+    "tracehouse_ingest_dropped_total",
+    "Attributes, span events and span links past max_attributes, max_span_events and "
+    "max_span_links: not stored, added to the rows' Dropped*Count columns",
+    ["signal", "what"],
+)
 QUEUE_ROWS = Gauge(
     "tracehouse_ingest_queue_rows",
     "Items accepted and waiting for the spool write (in memory)",

@@ -27,6 +27,7 @@ from tracehouse.ingest.otlp_json import JsonDecodeError, parse_json
 from tracehouse.ingest.pipeline import IngestPipeline
 from tracehouse.ingest.validate import Inspection, inspect_logs, inspect_metrics, inspect_traces
 from tracehouse.model import Signal
+from tracehouse.storage.otlp_sql import ItemLimits
 
 Encoding = Literal["proto", "json"]
 
@@ -54,9 +55,10 @@ class Submission:
 class OtlpReceiver:
     """Checks OTLP export request bodies and hands them to the pipeline."""
 
-    def __init__(self, pipeline: IngestPipeline, max_value_length: int) -> None:
+    def __init__(self, pipeline: IngestPipeline, limits: ItemLimits | int) -> None:
+        """``limits``: what an item may hold (``ItemLimits``), or just the value length."""
         self.pipeline = pipeline
-        self._max_value_length = max_value_length
+        self._limits = limits if isinstance(limits, ItemLimits) else ItemLimits(limits)
 
     def submit(self, signal: Signal, body: bytes, encoding: Encoding) -> Submission:
         """Validate ``body`` and queue it. Raises InvalidRequest, Overloaded, Unavailable."""
@@ -76,17 +78,24 @@ class OtlpReceiver:
                 ) from exc
             payload = body
         if signal is Signal.TRACES:
-            inspection = inspect_traces(request, self._max_value_length)
+            inspection = inspect_traces(request, self._limits)
         elif signal is Signal.METRICS:
-            inspection = inspect_metrics(request, self._max_value_length)
+            inspection = inspect_metrics(request, self._limits)
         else:
-            inspection = inspect_logs(request, self._max_value_length)
+            inspection = inspect_logs(request, self._limits)
         key = hashlib.blake2b(payload, digest_size=16, person=signal.value.encode()).digest()
         future = self.pipeline.submit(signal, payload, inspection.accepted, key)
         if inspection.rejected:
             metrics.ITEMS.labels(signal.value, "rejected").inc(inspection.rejected)
         if inspection.truncated_values:
             metrics.TRUNCATED.labels(signal.value).inc(inspection.truncated_values)
+        for what, dropped in (
+            ("attributes", inspection.dropped_attributes),
+            ("events", inspection.dropped_events),
+            ("links", inspection.dropped_links),
+        ):
+            if dropped:
+                metrics.DROPPED.labels(signal.value, what).inc(dropped)
         return Submission(
             future, _response(signal, inspection), inspection.accepted, inspection.rejected
         )

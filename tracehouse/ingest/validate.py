@@ -6,13 +6,17 @@ whose trace id is neither empty nor 16 bytes or span id neither empty nor 8; a m
 point of a metric without a name, or a histogram point whose bucket counts are neither absent
 nor one more than its explicit bounds — are counted here for the partial-success answer and
 skipped by the insert (storage/otlp_sql.py applies the same rule). Values longer than
-``max_attribute_value_length`` are counted here and cut there.
+``max_attribute_value_length``, attributes past ``max_attributes`` in a list, and span events
+and links past ``max_span_events`` / ``max_span_links`` (``ItemLimits``) are counted here and
+cut there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from tracehouse.storage.otlp_sql import ItemLimits
 
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
@@ -27,6 +31,16 @@ class Inspection:
     rejected: int = 0
     errors: list[str] = field(default_factory=list)
     truncated_values: int = 0
+    dropped_attributes: int = 0
+    dropped_events: int = 0
+    dropped_links: int = 0
+
+    def count_attributes(self, key_values: Any, limits: ItemLimits) -> None:
+        """Count what the insert will cut from one attribute list."""
+        if len(key_values) > limits.max_attributes:
+            self.dropped_attributes += len(key_values) - limits.max_attributes
+            key_values = key_values[: limits.max_attributes]
+        self.truncated_values += _long_values(key_values, limits.max_value_length)
 
     def reject(self, message: str) -> None:
         self.rejected += 1
@@ -57,12 +71,13 @@ def _long_values(key_values: Any, limit: int) -> int:
     return count
 
 
-def inspect_traces(request: Any, limit: int) -> Inspection:
+def inspect_traces(request: Any, limits: ItemLimits) -> Inspection:
     result = Inspection()
+    limit = limits.max_value_length
     for rs in request.resource_spans:
-        if rs.resource.ByteSize() > limit:
-            result.truncated_values += _long_values(rs.resource.attributes, limit)
+        _count_list(result, rs.resource, limits)
         for ss in rs.scope_spans:
+            _count_list(result, ss.scope, limits)
             for span in ss.spans:
                 trace_id = span.trace_id
                 span_id = span.span_id
@@ -81,21 +96,33 @@ def inspect_traces(request: Any, limit: int) -> Inspection:
                     )
                     continue
                 result.accepted += 1
-                if span.ByteSize() > limit:
-                    result.truncated_values += _long_values(span.attributes, limit)
-                    for event in span.events:
-                        result.truncated_values += _long_values(event.attributes, limit)
-                    for link in span.links:
-                        result.truncated_values += _long_values(link.attributes, limit)
+                big = span.ByteSize() > limit
+                if big or len(span.attributes) > limits.max_attributes:
+                    result.count_attributes(span.attributes, limits)
+                events, links = span.events, span.links
+                if events or links:
+                    result.dropped_events += max(0, len(events) - limits.max_events)
+                    result.dropped_links += max(0, len(links) - limits.max_links)
+                    for held in (*events[: limits.max_events], *links[: limits.max_links]):
+                        if big or len(held.attributes) > limits.max_attributes:
+                            result.count_attributes(held.attributes, limits)
     return result
 
 
-def inspect_logs(request: Any, limit: int) -> Inspection:
+def _count_list(result: Inspection, holder: Any, limits: ItemLimits) -> None:
+    """Count the cuts of a resource's or scope's attributes (cheap checks first)."""
+    attributes = holder.attributes
+    if len(attributes) > limits.max_attributes or holder.ByteSize() > limits.max_value_length:
+        result.count_attributes(attributes, limits)
+
+
+def inspect_logs(request: Any, limits: ItemLimits) -> Inspection:
     result = Inspection()
+    limit = limits.max_value_length
     for rl in request.resource_logs:
-        if rl.resource.ByteSize() > limit:
-            result.truncated_values += _long_values(rl.resource.attributes, limit)
+        _count_list(result, rl.resource, limits)
         for sl in rl.scope_logs:
+            _count_list(result, sl.scope, limits)
             for record in sl.log_records:
                 trace_id = record.trace_id
                 span_id = record.span_id
@@ -106,8 +133,10 @@ def inspect_logs(request: Any, limit: int) -> Inspection:
                     )
                     continue
                 result.accepted += 1
-                if record.ByteSize() > limit:
-                    result.truncated_values += _long_values(record.attributes, limit)
+                big = record.ByteSize() > limit
+                if big or len(record.attributes) > limits.max_attributes:
+                    result.count_attributes(record.attributes, limits)
+                if big:
                     body = record.body
                     kind = body.WhichOneof("value")
                     if kind == "string_value":
@@ -120,15 +149,14 @@ def inspect_logs(request: Any, limit: int) -> Inspection:
 _POINT_KINDS = ("gauge", "sum", "histogram", "exponential_histogram", "summary")
 
 
-def inspect_metrics(request: Any, limit: int) -> Inspection:
+def inspect_metrics(request: Any, limits: ItemLimits) -> Inspection:
     """Items are data points (of every type); see the module docstring for what is rejected."""
     result = Inspection()
+    limit = limits.max_value_length
     for rm in request.resource_metrics:
-        if rm.resource.ByteSize() > limit:
-            result.truncated_values += _long_values(rm.resource.attributes, limit)
+        _count_list(result, rm.resource, limits)
         for sm in rm.scope_metrics:
-            if sm.scope.ByteSize() > limit:
-                result.truncated_values += _long_values(sm.scope.attributes, limit)
+            _count_list(result, sm.scope, limits)
             for metric in sm.metrics:
                 kind = metric.WhichOneof("data")
                 if kind is None:
@@ -149,10 +177,8 @@ def inspect_metrics(request: Any, limit: int) -> Inspection:
                             )
                             continue
                     result.accepted += 1
-                    if point.ByteSize() > limit:
-                        result.truncated_values += _long_values(point.attributes, limit)
+                    if point.ByteSize() > limit or len(point.attributes) > limits.max_attributes:
+                        result.count_attributes(point.attributes, limits)
                         for exemplar in point.exemplars:
-                            result.truncated_values += _long_values(
-                                exemplar.filtered_attributes, limit
-                            )
+                            result.count_attributes(exemplar.filtered_attributes, limits)
     return result

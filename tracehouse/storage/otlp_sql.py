@@ -10,9 +10,34 @@ so rows written by the embedded engine and by a server are the same.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 
 from tracehouse.model import COLUMNS, METRIC_TABLES, Signal
+
+
+@dataclass(frozen=True)
+class ItemLimits:
+    """What one item may hold; the insert cuts the rest (docs/decisions/0017-*.md): values to
+    ``max_value_length`` characters, every attribute list (of a resource, scope, span, event,
+    link, log record or data point) to its first ``max_attributes`` entries, a span's events
+    and links to the first ``max_events`` and ``max_links``. Cut attributes, events and links
+    are added to the row's Dropped*Count columns."""
+
+    max_value_length: int = 128 * 1024
+    max_attributes: int = 1_000
+    max_events: int = 1_000
+    max_links: int = 1_000
+
+    def parameters(self) -> dict[str, int]:
+        """The insert statements' query parameters."""
+        return {
+            "max_value_length": self.max_value_length,
+            "max_attributes": self.max_attributes,
+            "max_events": self.max_events,
+            "max_links": self.max_links,
+        }
+
 
 PROTO_FILE = resources.files("tracehouse.storage").joinpath("otlp/otlp_flat.proto")
 PROTO_TEXT = PROTO_FILE.read_text()
@@ -129,11 +154,23 @@ def _text(v: str) -> str:
     return f"leftUTF8({encoded}, {{max_value_length:UInt32}})"
 
 
+def _first(items: str, limit: str) -> str:
+    """SQL for the first ``{limit}`` elements of the array ``items``."""
+    return f"arraySlice({items}, 1, {{{limit}:UInt32}})"
+
+
+def _beyond(items: str, limit: str) -> str:
+    """SQL for how many elements of ``items`` are past ``{limit}`` (cut by ``_first``)."""
+    return f"toUInt32(greatest(length({items}), {{{limit}:UInt32}}) - {{{limit}:UInt32}})"
+
+
 def _attributes(key_values: str) -> str:
-    """SQL for a key-sorted Map(String, String) of an attribute list."""
+    """SQL for a key-sorted Map(String, String) of an attribute list's first
+    ``max_attributes`` entries."""
+    first = _first(key_values, "max_attributes")
     return (
-        f"mapSort(mapFromArrays(arrayMap(a -> a.key, {key_values}), "
-        f"arrayMap(a -> {_text('a.value')}, {key_values})))"
+        f"mapSort(mapFromArrays(arrayMap(a -> a.key, {first}), "
+        f"arrayMap(a -> {_text('a.value')}, {first})))"
     )
 
 
@@ -174,17 +211,27 @@ _TRACE_EXPRESSIONS = {
     "StatusCode": "if(span_status.code BETWEEN 0 AND 2, "
     "['Unset', 'Ok', 'Error'][span_status.code + 1], 'Unset')",
     "StatusMessage": "span_status.message",
-    "Events.Timestamp": f"arrayMap(t -> {_ns('t')}, span_events.time_unix_nano)",
-    "Events.Name": "span_events.name",
-    "Events.Attributes": f"arrayMap(e -> {_attributes('e')}, span_events.attributes)",
-    "Links.TraceId": f"arrayMap(i -> {_hex('i')}, span_links.trace_id)",
-    "Links.SpanId": f"arrayMap(i -> {_hex('i')}, span_links.span_id)",
-    "Links.TraceState": "span_links.trace_state",
-    "Links.Attributes": f"arrayMap(l -> {_attributes('l')}, span_links.attributes)",
+    "Events.Timestamp": (
+        f"arrayMap(t -> {_ns('t')}, {_first('span_events.time_unix_nano', 'max_events')})"
+    ),
+    "Events.Name": _first("span_events.name", "max_events"),
+    "Events.Attributes": (
+        f"arrayMap(e -> {_attributes('e')}, {_first('span_events.attributes', 'max_events')})"
+    ),
+    "Links.TraceId": f"arrayMap(i -> {_hex('i')}, {_first('span_links.trace_id', 'max_links')})",
+    "Links.SpanId": f"arrayMap(i -> {_hex('i')}, {_first('span_links.span_id', 'max_links')})",
+    "Links.TraceState": _first("span_links.trace_state", "max_links"),
+    "Links.Attributes": (
+        f"arrayMap(l -> {_attributes('l')}, {_first('span_links.attributes', 'max_links')})"
+    ),
     "ScopeAttributes": _attributes("ss.scope.attributes"),
-    "DroppedAttributesCount": "span_dropped_attributes_count",
-    "DroppedEventsCount": "span_dropped_events_count",
-    "DroppedLinksCount": "span_dropped_links_count",
+    "DroppedAttributesCount": (
+        f"span_dropped_attributes_count + {_beyond('span_attributes', 'max_attributes')}"
+    ),
+    "DroppedEventsCount": (
+        f"span_dropped_events_count + {_beyond('span_events.name', 'max_events')}"
+    ),
+    "DroppedLinksCount": f"span_dropped_links_count + {_beyond('span_links.span_id', 'max_links')}",
 }
 _LOG_EXPRESSIONS = {
     "Timestamp": _ns("if(rec_time_unix_nano = 0, rec_observed_time_unix_nano, rec_time_unix_nano)"),
@@ -203,7 +250,9 @@ _LOG_EXPRESSIONS = {
     "ScopeAttributes": _attributes("sl.scope.attributes"),
     "LogAttributes": _attributes("rec_attributes"),
     "EventName": "rec_event_name",
-    "DroppedAttributesCount": "rec_dropped_attributes_count",
+    "DroppedAttributesCount": (
+        f"rec_dropped_attributes_count + {_beyond('rec_attributes', 'max_attributes')}"
+    ),
 }
 assert tuple(_TRACE_EXPRESSIONS) == COLUMNS[Signal.TRACES]
 assert tuple(_LOG_EXPRESSIONS) == COLUMNS[Signal.LOGS]

@@ -43,7 +43,8 @@ class ClickHouseWriter:
 
     ``dedup_token`` becomes ClickHouse's ``insert_deduplication_token``: inserting the same
     group again with the same token (a retry after a lost answer or a crash) adds no rows.
-    Items that cannot be stored (bad ids) are skipped by the same rule the receivers report.
+    Items that cannot be stored (bad ids) are skipped by the same rule the receivers report;
+    what passes ``limits`` is cut (``otlp_sql.ItemLimits``).
     """
 
     def __init__(
@@ -52,9 +53,11 @@ class ClickHouseWriter:
         embedded: bool,
         max_value_length: int,
         pool_size: int = 2,
+        limits: otlp_sql.ItemLimits | None = None,
     ) -> None:
         self._embedded = embedded
-        self._max_value_length = max_value_length
+        # ``limits`` (counts and value length) wins over ``max_value_length`` when given.
+        self._limits = limits or otlp_sql.ItemLimits(max_value_length=max_value_length)
         self._clients: queue.Queue[Any] = queue.Queue()
         for _ in range(pool_size):
             self._clients.put(connect())
@@ -64,7 +67,7 @@ class ClickHouseWriter:
         if not files:
             return
         settings = otlp_sql.settings_clause(signal, self._schema_file, dedup_token)
-        params = {"max_value_length": self._max_value_length}
+        params = self._limits.parameters()
         client = self._clients.get()
         try:
             # Metric points land in one table per point type: one insert each, under the same
