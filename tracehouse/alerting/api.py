@@ -23,7 +23,13 @@ from tracehouse.alerting import queries
 from tracehouse.alerting.delivery import DeliveryStatus
 from tracehouse.alerting.dispatch import iso
 from tracehouse.alerting.evaluator import AlertState, Matcher, Silence
-from tracehouse.alerting.rules import Rule, RuleError, check_references, parse_duration
+from tracehouse.alerting.rules import (
+    MetricAggregation,
+    Rule,
+    RuleError,
+    check_references,
+    parse_duration,
+)
 from tracehouse.alerting.store import AlertStore, OutboxEntry
 from tracehouse.alerting.worker import RuleBook
 
@@ -393,18 +399,56 @@ def router(client: Any, rules_file: FilePath | None) -> APIRouter:
     @api.get("/scaling/metrics")
     def scaling_metrics(
         service: Annotated[str, Query(min_length=1, description="service.name")],
-        metric: Annotated[Literal["p99", "rps", "error_rate"], Query()],
+        metric: Annotated[
+            Literal["p99", "rps", "error_rate"] | None,
+            Query(description="from the service's entry spans; or give metric_name"),
+        ] = None,
+        metric_name: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                description="an OTLP metric of the service instead, e.g. system.cpu.utilization",
+            ),
+        ] = None,
+        agg: Annotated[
+            MetricAggregation | None,
+            Query(description="with metric_name: avg, max, min, sum, rate, p95, p99"),
+        ] = None,
         window: Annotated[str, Query(description="e.g. 60s, 5m; default 60s")] = "60s",
     ) -> dict[str, Any]:
         """For KEDA's ``metrics-api`` scaler (``valueLocation: value``): the service's p99 in
-        ms, requests per second or error rate (0..1) over the window, from its entry spans."""
+        ms, requests per second or error rate (0..1) over the window, from its entry spans;
+        or, with ``metric_name``, that OTLP metric of the service reduced over the window by
+        ``agg`` (as ``/api/v1/metrics/query``; 0 without points)."""
         try:
             seconds = parse_duration(window)
         except ValueError as exc:
             raise _invalid(["query", "window"], str(exc)) from exc
         if not 1 <= seconds <= 86400:
             raise _invalid(["query", "window"], "window must be between 1s and 1d")
+        if (metric is None) == (metric_name is None):
+            raise _invalid(["query", "metric"], "give exactly one of metric or metric_name")
         now = dt.datetime.now(dt.UTC)
-        return {"value": queries.scaling_metric(client, service, metric, seconds, now)}
+        if metric is not None:
+            if agg is not None:
+                raise _invalid(["query", "agg"], "agg goes with metric_name")
+            return {"value": queries.scaling_metric(client, service, metric, seconds, now)}
+        assert metric_name is not None
+        rule = Rule.model_validate(
+            {
+                "name": "keda",
+                "kind": "metric",
+                "metric": metric_name,
+                "agg": agg,
+                "filters": {"service.name": service},
+                "window": seconds,
+                "condition": {"op": ">", "threshold": 0},
+            }
+        )
+        result = queries.run(client, rule, now)
+        if result.error is not None:
+            raise _invalid(["query", "agg"], result.error)
+        values = [s.value for s in result.samples if s.value is not None]
+        return {"value": round(values[0], 6) if values else 0.0}
 
     return api

@@ -6,6 +6,8 @@
   API reads it), latency as the caller saw it.
 - ``sql_latency``, ``sql_slow_calls``: ``otel_db_1m`` per SQL fingerprint.
 - ``log_count``: ``otel_logs`` rows in the window matching the filters.
+- ``metric``: an OTLP metric's series (``otel_metrics_*``), grouped and reduced over the
+  window as ``/api/v1/metrics/query`` does with one step as long as the window.
 - ``sql``: the rule's own ClickHouse query (experts): one numeric ``value`` column, every
   other column a label; ``{start:DateTime64(3)}``, ``{end:DateTime64(3)}`` and
   ``{window_s:Float64}`` are bound.
@@ -27,6 +29,8 @@ from typing import Any
 
 from tracehouse.alerting.evaluator import QueryResult, Sample
 from tracehouse.alerting.rules import Rule
+from tracehouse.query.metrics import SeriesQuery, query_series
+from tracehouse.query.params import TimeRange
 
 _MINUTE = 60
 
@@ -216,9 +220,35 @@ def build(rule: Rule, now: dt.datetime) -> tuple[str, dict[str, Any]]:
     return sql, params
 
 
+def _run_metric(client: Any, rule: Rule, now: dt.datetime) -> QueryResult:
+    """A ``metric`` rule: each group's value over the window (its last step)."""
+    assert rule.metric is not None
+    window = Window.of(rule, now)
+    request = SeriesQuery(
+        name=rule.metric,
+        agg=rule.agg,
+        window=TimeRange(window.start, window.end),
+        step_s=max(1, math.ceil(rule.window)),
+        group_by=tuple(rule.group_by),
+        filters=tuple(sorted(rule.filters.items())),
+    )
+    try:
+        result = query_series(client, request)
+    except Exception as exc:  # one failing rule never stops the others
+        return QueryResult(error=f"{type(exc).__name__}: {str(exc)[:500]}")
+    samples = [
+        Sample(dict(series["labels"]), float(series["points"][-1][1]), ())
+        for series in result["series"]
+        if series["points"]
+    ]
+    return QueryResult(tuple(samples))
+
+
 def run(client: Any, rule: Rule, now: dt.datetime) -> QueryResult:
     """The rule's query result at ``now``; an error (bad SQL, ClickHouse down) is returned,
     not raised, so the other rules go on."""
+    if rule.kind == "metric":
+        return _run_metric(client, rule, now)
     try:
         sql, params = build(rule, now)
         result = client.query(sql, parameters=params)

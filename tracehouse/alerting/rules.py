@@ -145,8 +145,16 @@ class ScaleAction(_Strict):
 
 
 Kind = Literal[
-    "latency", "error_rate", "call_rate", "sql_latency", "sql_slow_calls", "log_count", "sql"
+    "latency",
+    "error_rate",
+    "call_rate",
+    "sql_latency",
+    "sql_slow_calls",
+    "log_count",
+    "metric",
+    "sql",
 ]
+MetricAggregation = Literal["avg", "max", "min", "sum", "rate", "p95", "p99"]
 # Labels each kind can filter and group by (filters: exact match; `body_contains` substring).
 KIND_LABELS: dict[str, tuple[str, ...]] = {
     "service": ("service", "span_kind"),
@@ -171,6 +179,11 @@ class Rule(_Strict):
     filters: dict[str, str] = Field(default_factory=dict)
     group_by: list[str] = Field(default_factory=list)
     query: str | None = None
+    # kind metric: an OTLP metric's name and how its points are reduced over the window
+    # (default as /api/v1/metrics/query: rate for counters, p95 for histograms, else avg);
+    # filters and group_by name point or resource attributes (service.name: the service).
+    metric: str | None = Field(default=None, min_length=1)
+    agg: MetricAggregation | None = None
     window: Duration = 60.0
     interval: Duration = DEFAULT_INTERVAL_S
     evaluation_delay: Duration = 0.0
@@ -219,6 +232,15 @@ class Rule(_Strict):
             return self
         if self.query is not None:
             raise ValueError(f"query is only for kind 'sql', not {self.kind!r}")
+        if self.kind == "metric":
+            if self.metric is None:
+                raise ValueError("metric (the metric's name) is required for kind 'metric'")
+            for key in [*self.filters, *self.group_by]:
+                if not key.strip():
+                    raise ValueError("filters and group_by of kind 'metric' name attributes")
+            return self
+        if self.metric is not None or self.agg is not None:
+            raise ValueError(f"metric and agg are only for kind 'metric', not {self.kind!r}")
         allowed = LOG_FILTERS if self.kind == "log_count" else self.label_space
         for key in self.filters:
             if key not in allowed:
