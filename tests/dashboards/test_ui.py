@@ -297,6 +297,21 @@ def test_a_service_page_shows_operations_sql_and_neighbours(tab: Tab, demo: Demo
     assert_clean(tab)
 
 
+def test_a_failing_service_page_shows_where_its_errors_start(tab: Tab, demo: Demo) -> None:
+    """payment fails every fifth call: its page shows the diagnosis (GET /api/v1/diagnose),
+    whose first cause is payment itself, where the errors start, with example traces."""
+    page = tab.open(f"service?name={demo.s('payment')}")
+    causes = page.locator("[data-state=diagnosis] li[data-cause]")
+    assert causes.count() >= 1
+    first = causes.first
+    assert first.get_attribute("data-cause") == "service"
+    text = first.inner_text()
+    assert f"errors start in: {demo.s('payment')}" in text
+    assert "error rate 0% →" in text  # nothing failed in the window before
+    assert first.locator("a.mono").count() >= 1  # example traces
+    assert_clean(tab)
+
+
 # -- topology ----------------------------------------------------------------------------------
 
 

@@ -160,13 +160,13 @@ def _sample(
             "n": n,
         },
     )
-    # One entry span per trace (the first sampled); a span sampled twice counts once.
-    chosen: dict[str, tuple[str, str]] = {}
+    # Every sampled entry span once (a span chosen by two rules counts once).
+    chosen: dict[str, tuple[str, str]] = {}  # entry span id -> trace id, side
     for_latency: set[str] = set()
     for row in entries:
-        chosen.setdefault(row["trace_id"], (row["span_id"], row["side"]))
+        chosen.setdefault(row["span_id"], (row["trace_id"], row["side"]))
         if row["reason"] != "failed":
-            for_latency.add(row["trace_id"])
+            for_latency.add(row["span_id"])
     if not chosen:
         return [], [], {}
     ranges = {}
@@ -184,7 +184,7 @@ def _sample(
     result = client.query(
         queries.SPANS_SQL,
         parameters={
-            "trace_ids": sorted(chosen),
+            "trace_ids": sorted({trace_id for trace_id, _ in chosen.values()}),
             "start_ns": ranges["window"][0],
             "end_ns": ranges["window"][1],
             "base_start_ns": ranges["baseline"][0],
@@ -230,10 +230,11 @@ def _sample(
             )
         )
     analyses: dict[str, list[TraceAnalysis]] = {"window": [], "baseline": []}
-    for trace_id, (span_id, side) in sorted(chosen.items()):
+    # Each sampled entry span on its own: a trace may hold several (a retried call).
+    for span_id, (trace_id, side) in sorted(chosen.items()):
         analysis = analyse_trace(spans.get(trace_id, []), span_id)
         if analysis is not None:
-            analysis.for_latency = trace_id in for_latency
+            analysis.for_latency = span_id in for_latency
             analyses[side].append(analysis)
     return analyses["window"], analyses["baseline"], statements
 

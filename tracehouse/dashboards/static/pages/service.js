@@ -1,6 +1,6 @@
 // Service detail: latency percentiles, throughput and errors over time; operations; database
 // calls; upstream and downstream services; recent errors and logs.
-import { api, slowServices } from "../lib/api.js";
+import { api, hasPath, slowServices } from "../lib/api.js";
 import {
   FAILING_ERROR_RATE,
   causeText,
@@ -55,7 +55,11 @@ export async function render(ctx, root) {
   }
   if (slowItem) root.append(slowBox(ctx, slowItem));
 
+  // Marked slow or failing: where the cause is (GET /api/v1/diagnose, when the server has it).
+  const failing = Boolean(stats && stats.error_rate >= FAILING_ERROR_RATE);
+  const diagnosed = slowItem || failing ? [section("Diagnosis", () => diagnosis(ctx, name), { cls: "wide" })] : [];
   const parts = [
+    ...diagnosed,
     section("Over time", () => charts(ctx, name), { cls: "wide" }),
     section("Operations", () => operations(ctx, name), { cls: "wide" }),
     section("Upstream and downstream", () => neighbours(ctx, name)),
@@ -96,6 +100,35 @@ function slowBox(ctx, item) {
     cause.type === "sql" && cause.statement ? h("code", { class: "block", text: cause.statement }) : null,
     exemplars.length ? h("p", {}, "Example traces: ", exemplars.slice(0, 5).map((id) => [h("a", { class: "mono", href: ctx.link("trace", { id }), text: `${id.slice(0, 12)}…` }), " "])) : null,
   );
+}
+
+const CAUSE_KIND = { sql: "SQL statement", edge: "calls", instance: "instance", own_code: "own code", service: "errors start in" };
+
+/** The top causes of the change against the window before (GET /api/v1/diagnose). */
+async function diagnosis(ctx, name) {
+  if (!(await hasPath("/api/v1/diagnose"))) return emptyState("Diagnosis is not available on this server.");
+  const body = await api("/api/v1/diagnose", { ...ctx.window, service: name, limit: 3 });
+  if (!body.causes.length) return emptyState("Nothing changed against the window before that would explain it.", "A service slow or failing all along has no change to explain; widen the time range.");
+  const since = new Date(body.baseline_start).getTime();
+  return h(
+    "div",
+    { "data-state": "diagnosis" },
+    h("p", { class: "muted small", text: `Compared with ${fmtTime(since)} onwards · ${body.sampled_traces} and ${body.baseline_sampled_traces} traces sampled · ranked along the service graph` }),
+    h("ol", { class: "causes" }, body.causes.map((c) => h("li", { "data-cause": c.type }, causeItem(ctx, c)))),
+  );
+}
+
+function causeItem(ctx, c) {
+  const evidence = [];
+  if (c.latency.share !== null) evidence.push(`${fmtMs(c.latency.baseline_ms_per_trace)} → ${fmtMs(c.latency.ms_per_trace)} per trace, ${fmtPct(c.latency.share)} of the slowdown`);
+  if (c.errors.share !== null) evidence.push(`error rate ${fmtPct(c.errors.baseline_error_rate)} → ${fmtPct(c.errors.error_rate)}, ${fmtPct(c.errors.share)} of the rise`);
+  const traces = c.exemplar_trace_ids.slice(0, 2);
+  return [
+    h("strong", { text: `${CAUSE_KIND[c.type] || c.type}: ${c.label}` }),
+    evidence.length ? h("span", { class: "muted", text: ` — ${evidence.join("; ")}` }) : null,
+    c.type === "sql" && c.statement ? h("code", { class: "block", text: c.statement }) : null,
+    traces.length ? h("p", { class: "small" }, "Traces: ", traces.map((id) => [h("a", { class: "mono", href: ctx.link("trace", { id }), text: `${id.slice(0, 12)}…` }), " "])) : null,
+  ];
 }
 
 async function charts(ctx, name) {
