@@ -46,7 +46,8 @@ _ENGINES = {
 _ENGINE_ARGS = {"otel_edges_1m": "Version"}
 # Small state tables, not telemetry (alerting 0006, insights 0011, audit log 0012):
 # ${engine_<name>}, in cluster mode one replica set across every node (no {shard} in the path,
-# like the lease table), so whichever node a URL reaches holds all of it. Engine family and its parameters.
+# like the lease table), so whichever node a URL reaches holds all of it. Engine family and
+# its parameters.
 _SHARED_TABLES = {
     "tracehouse_alert_rules": ("ReplacingMergeTree", "Version"),
     "tracehouse_alert_rule_health": ("ReplacingMergeTree", "Version"),
