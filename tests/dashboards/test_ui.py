@@ -17,7 +17,7 @@ import os
 import time
 import tomllib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from fnmatch import fnmatch
@@ -30,8 +30,12 @@ import yaml
 from opentelemetry import trace as trace_api
 from opentelemetry._logs import LogRecord, SeverityNumber
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from playwright.sync_api import Browser, Playwright, sync_playwright
@@ -294,6 +298,47 @@ def test_a_service_page_shows_operations_sql_and_neighbours(tab: Tab, demo: Demo
     assert "WITH RECURSIVE" in text  # its slowest SQL
     assert demo.s("checkout") in text  # upstream
     assert "sqlite" in text  # downstream database
+    assert_clean(tab)
+
+
+def test_a_service_page_shows_cpu_and_memory_when_the_service_sends_them(
+    tab: Tab, demo: Demo
+) -> None:
+    # Two instances of inventory report CPU and memory with the SDK's OTLP metric exporter.
+    for instance, cpu, memory in (("inv-1", 0.82, 300 * 2**20), ("inv-2", 0.41, 200 * 2**20)):
+
+        def observe_cpu(_: CallbackOptions, value: float = cpu) -> Iterable[Observation]:
+            yield Observation(value)
+
+        def observe_memory(_: CallbackOptions, value: int = memory) -> Iterable[Observation]:
+            yield Observation(value)
+
+        exporter = OTLPMetricExporter(endpoint=f"http://127.0.0.1:{demo.app.ports.http}/v1/metrics")
+        reader = PeriodicExportingMetricReader(exporter, export_interval_millis=3_600_000)
+        resource = Resource.create(
+            {"service.name": demo.s("inventory"), "service.instance.id": instance}
+        )
+        provider = MeterProvider(resource=resource, metric_readers=[reader])
+        meter = provider.get_meter("tests.ui")
+        meter.create_observable_gauge("process.cpu.utilization", callbacks=[observe_cpu])
+        meter.create_observable_gauge("process.memory.usage", callbacks=[observe_memory], unit="By")
+        assert provider.force_flush(30_000)
+        provider.shutdown()
+    assert demo.app.pipeline is not None and demo.app.pipeline.wait_stored(60)
+
+    page = tab.open(f"service?name={demo.s('inventory')}")
+    section = page.locator("section.resources")
+    assert section.count() == 1
+    text = section.inner_text()
+    assert "CPU (process.cpu.utilization)" in text
+    assert "Memory (process.memory.usage)" in text
+    assert "inv-1" in text and "inv-2" in text
+    assert "MiB" in text  # memory axis in bytes
+    tab.shot("service-resources")
+    assert_clean(tab)
+    # A service without such metrics shows no empty panel.
+    page = tab.open(f"service?name={demo.s('checkout')}")
+    assert page.locator("section.resources").count() == 0
     assert_clean(tab)
 
 

@@ -61,6 +61,7 @@ export async function render(ctx, root) {
   const parts = [
     ...diagnosed,
     section("Over time", () => charts(ctx, name), { cls: "wide" }),
+    section("Resources (CPU, memory)", () => resources(ctx, name), { cls: "wide resources" }),
     section("Operations", () => operations(ctx, name), { cls: "wide" }),
     section("Upstream and downstream", () => neighbours(ctx, name)),
     section("Database calls (top SQL by total time)", () => databaseCalls(ctx, name)),
@@ -69,6 +70,47 @@ export async function render(ctx, root) {
   ];
   root.append(h("div", { class: "sections" }, parts.map((p) => p.el)));
   await Promise.all(parts.map((p) => p.done));
+  // Shown only when the service sends CPU or memory metrics (OTLP metrics of its instances).
+  for (const p of parts) if (p.el.classList.contains("resources") && p.el.querySelector(".empty-resources")) p.el.remove();
+}
+
+// OTLP metric names, in order of preference, matched by service.name.
+const CPU_METRICS = ["process.cpu.utilization", "system.cpu.utilization", "container.cpu.utilization", "process.runtime.cpython.cpu_utilization", "jvm.cpu.recent_utilization"];
+const MEMORY_METRICS = ["process.memory.usage", "container.memory.usage", "process.runtime.cpython.memory", "jvm.memory.used", "system.memory.utilization"];
+
+async function resources(ctx, name) {
+  if (!(await hasPath("/api/v1/metrics/query"))) return h("span", { class: "empty-resources" });
+  const listed = await api("/api/v1/metrics", { ...ctx.window, service: name });
+  const names = new Set(listed.metrics.map((m) => m.name));
+  const cpu = CPU_METRICS.find((m) => names.has(m));
+  const memory = MEMORY_METRICS.find((m) => names.has(m));
+  if (!cpu && !memory) return h("span", { class: "empty-resources" });
+  const chart = async (metric, title, unit) => {
+    const body = await api("/api/v1/metrics/query", { ...ctx.window, name: metric, agg: "avg", filter: `service.name=${name}`, group_by: "service.instance.id" });
+    const times = [...new Set(body.series.flatMap((x) => x.points.map((p) => p[0])))].sort((a, b) => a - b);
+    const series = body.series.slice(0, 3).map((x, i) => {
+      const byTime = new Map(x.points.map((p) => [p[0], p[1]]));
+      return { label: x.labels["service.instance.id"] || "all instances", values: times.map((t) => (byTime.has(t) ? byTime.get(t) : null)), cls: `s${i + 1}` };
+    });
+    return lineChart({ title: `${title} (${metric})`, times: times.map((t) => t * 1000), unit, series });
+  };
+  const isRatio = (metric) => metric.endsWith("utilization");
+  const charts = [];
+  if (cpu) charts.push(await chart(cpu, "CPU", isRatio(cpu) ? fmtPct : fmtNum));
+  if (memory) charts.push(await chart(memory, "Memory", isRatio(memory) ? fmtPct : fmtBytes));
+  return h("div", { class: "charts" }, charts);
+}
+
+function fmtBytes(value) {
+  if (value === null || value === undefined) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let v = value;
+  let i = 0;
+  while (Math.abs(v) >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i += 1;
+  }
+  return `${v.toFixed(v >= 100 || i === 0 ? 0 : 1)} ${units[i]}`;
 }
 
 function statCards(s) {
