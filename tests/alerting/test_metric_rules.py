@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 
@@ -12,13 +13,16 @@ import httpx
 import pytest
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from pydantic import ValidationError
 
 from tests.conftest import ServerFactory
+from tests.ingest.otlp_factory import metrics_request
 from tracehouse.alerting import queries
+from tracehouse.alerting.evaluator import AlertInstance, AlertState, evaluate
 from tracehouse.alerting.rules import Rule
 from tracehouse.app import Tracehouse
 
@@ -119,3 +123,42 @@ def test_metric_rules_are_created_through_the_api(cpu: tuple[Tracehouse, str]) -
 def test_bad_metric_rules_name_the_field(fields: dict[str, object], problem: str) -> None:
     with pytest.raises(ValidationError, match=problem):
         _rule("svc", **fields)
+
+
+def test_a_cpu_rule_fires_and_resolves_with_hysteresis(make_module_server: ServerFactory) -> None:
+    app = make_module_server()
+    service = f"cpu-hyst-{uuid.uuid4().hex[:8]}"
+    t0 = (int(time.time()) // 3600 - 24) * 3600  # a whole hour a day ago
+    values = [0.5, 0.8, 0.9, 0.6, 0.5, 0.4, 0.2, 0.1]
+    metric = Metric(name=CPU)
+    for k, value in enumerate(values):
+        metric.gauge.data_points.add(time_unix_nano=(t0 + 60 * k) * 10**9, as_double=value)
+    body = metrics_request(service, metric).SerializeToString()
+    response = httpx.post(
+        f"http://127.0.0.1:{app.ports.http}/v1/metrics",
+        content=body,
+        headers={"Content-Type": "application/x-protobuf"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    assert app.pipeline is not None and app.pipeline.wait_stored(60)
+
+    # Fire above 0.75 after two breaching evaluations; once firing, stay until below 0.3.
+    rule = _rule(
+        service,
+        agg="avg",
+        window="60s",
+        condition={"op": ">", "threshold": 0.75, "recovery_threshold": 0.3},
+        **{"for": 2},
+    )
+    states = []
+    instances: dict[str, AlertInstance] = {}
+    for k in range(len(values)):
+        now = dt.datetime.fromtimestamp(t0 + 60 * k + 30, dt.UTC)  # the window holds point k
+        result = queries.run(app.client, rule, now)
+        assert result.error is None
+        assert [s.value for s in result.samples] == [pytest.approx(values[k])]
+        instances = evaluate(rule, result, instances, now).instances
+        states.append(next(iter(instances.values())).state if instances else None)
+    F, P, R = AlertState.FIRING, AlertState.PENDING, AlertState.RESOLVED
+    assert states == [None, P, F, F, F, F, R, R]
