@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_diagnosis.add_argument("--scenarios", type=int, default=50, help="incidents simulated")
     bench_diagnosis.add_argument("--traces", type=int, default=200, help="traces per window")
-    bench_diagnosis.add_argument("--sample", type=int, default=50, help="diagnosis sample size")
+    bench_diagnosis.add_argument("--sample", type=int, default=30, help="diagnosis sample size")
     bench_diagnosis.add_argument(
         "--background-spans", type=int, default=0, help="seed this many spans of other traffic"
     )

@@ -31,7 +31,9 @@ from tracehouse.query._rollups import MinuteWindow, minute_window, ms, quantiles
 from tracehouse.query.params import TimeRange, invalid, time_range
 from tracehouse.query.slow_services import Baseline, baseline_window
 
-DEFAULT_SAMPLE = 50
+# Traces per sample kind and window: 20 and 50 both ranked every simulated cause first over
+# 50 scenarios (docs/diagnosis.md); the cost grows with it.
+DEFAULT_SAMPLE = 30
 MAX_SAMPLE = 500
 MAX_LIMIT = 50
 _DAY = dt.timedelta(days=1)

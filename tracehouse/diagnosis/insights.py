@@ -36,7 +36,7 @@ from fastapi import APIRouter, Depends, Query
 from prometheus_client import Counter
 from pydantic import BaseModel
 
-from tracehouse.diagnosis.api import Diagnosis, diagnose
+from tracehouse.diagnosis.api import DEFAULT_SAMPLE, Diagnosis, diagnose
 from tracehouse.query._rollups import ENTRY_KINDS, MinuteWindow, quantiles_ms
 from tracehouse.query.params import TimeRange, invalid, time_range
 from tracehouse.query.slow_services import RED_SQL
@@ -109,7 +109,7 @@ class InsightSettings:
     min_delta_ms: float = 20.0
     cooldown_min: int = 15
     lag_s: float = 60.0
-    sample: int = 50
+    sample: int = DEFAULT_SAMPLE
     # Diagnoses per run at most (a broad outage raises many insights at once); the rest are
     # stored without one, saying so.
     max_diagnoses: int = 20

@@ -34,7 +34,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tracehouse.diagnosis.api import Diagnosis, diagnose
+from tracehouse.diagnosis.api import DEFAULT_SAMPLE, Diagnosis, diagnose
 from tracehouse.query._rollups import MinuteWindow
 from tracehouse.topology import EdgeBuilder
 
@@ -537,7 +537,7 @@ class Outcome:
     seconds: float
 
 
-def evaluate(client: Any, scenario: Scenario, sample: int = 50) -> Outcome:
+def evaluate(client: Any, scenario: Scenario, sample: int = DEFAULT_SAMPLE) -> Outcome:
     """Ask the diagnosis about the scenario's window and rank the true cause."""
     began = time.perf_counter()
     found = diagnose(
@@ -548,7 +548,7 @@ def evaluate(client: Any, scenario: Scenario, sample: int = 50) -> Outcome:
     return Outcome(scenario, rank, found, seconds)
 
 
-def run(client: Any, scenario: Scenario, sample: int = 50) -> Outcome:
+def run(client: Any, scenario: Scenario, sample: int = DEFAULT_SAMPLE) -> Outcome:
     """Write the scenario, build its edges, and evaluate the diagnosis."""
     write(client, scenario)
     build_edges(client, scenario)
