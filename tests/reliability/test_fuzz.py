@@ -16,9 +16,10 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
-from tests.conftest import ServerFactory
-from tests.ingest.otlp_factory import trace_request
+from tests.conftest import DATA, ServerFactory, query
+from tests.ingest.otlp_factory import log_request, trace_request
 from tests.reliability.harness import stored_ids
 from tracehouse.app import Tracehouse
 from tracehouse.bench.fuzz import ALLOWED_STATUSES, JSON, PATHS, PROTO, make_case
@@ -166,3 +167,39 @@ def test_server_still_stores_valid_data_after_hostile_input(
     request = trace_request(service_name, spans=5)
     assert _post(client, "/v1/traces", request.SerializeToString(), {"Content-Type": PROTO}) == 200
     assert sum(stored_ids(fuzz_server, service_name).values()) == 5
+
+
+def test_request_clickhouse_cannot_parse_is_set_aside_not_retried_forever(
+    make_server: ServerFactory, service_name: str
+) -> None:
+    """Found by ``bench fuzz``: a mutated logs request that the protobuf runtime accepts (a
+    repeated message, trailing fields) but ClickHouse refuses as corrupted (code 444) was
+    retried every few seconds forever, holding an inserter of its signal. It is refused data:
+    set aside as ``*.failed`` and counted; later requests are stored."""
+    app = make_server(insert_retry_interval_s=0.2)
+    body = (DATA / "reliability" / "logs-clickhouse-cannot-parse.binpb").read_bytes()
+    refused = "tracehouse_ingest_spool_refused_items_total"
+    before = REGISTRY.get_sample_value(refused, {"signal": "logs"}) or 0.0
+    response = httpx.post(
+        f"http://127.0.0.1:{app.ports.http}/v1/logs",
+        content=body,
+        headers={"Content-Type": PROTO},
+        timeout=30,
+    )
+    assert response.status_code == 200  # partial success: one record has a 10-byte span id
+    assert app.pipeline is not None and app.pipeline.wait_stored(60), "the spool is stuck"
+    assert list(app.settings.resolved_spool_dir.glob("*.failed"))
+    assert (REGISTRY.get_sample_value(refused, {"signal": "logs"}) or 0.0) - before == 2
+
+    valid = log_request(service_name, records=3).SerializeToString()
+    response = httpx.post(
+        f"http://127.0.0.1:{app.ports.http}/v1/logs",
+        content=valid,
+        headers={"Content-Type": PROTO},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    rows = query(
+        app, "SELECT count() FROM otel_logs WHERE ServiceName = {s:String}", s=service_name
+    )
+    assert rows == [(3,)]

@@ -29,8 +29,11 @@ _ERROR_CODE = re.compile(r"Code: (\d+)")
 # ClickHouse error codes that mean "this data cannot be read or stored", not "try again":
 # parse and range errors of the input (CANNOT_PARSE_*, CANNOT_READ_ALL_DATA, INCORRECT_DATA,
 # TOO_LARGE_*, PROTOBUF_*, VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE, DECIMAL_OVERFLOW, …).
+# 444 (UNKNOWN_PROTOBUF_FORMAT, "messages are corrupted"), found by the fuzzer: a request the
+# protobuf runtime accepts but ClickHouse cannot read was retried forever, blocking its signal.
 _DATA_ERRORS = frozenset(
     {6, 26, 27, 32, 33, 38, 41, 53, 69, 70, 72, 117, 128, 131, 321, 407, 434, 435, 436, 437, 438}
+    | {444}
 )
 
 
