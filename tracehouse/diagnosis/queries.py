@@ -3,17 +3,13 @@ sample of their traces, and the spans of those traces (read by trace id)."""
 
 from __future__ import annotations
 
-from tracehouse.query._rollups import ENTRY_KINDS
+from tracehouse.query._rollups import ENTRY_KINDS, WINDOW_AND_BASELINE
 from tracehouse.storage.conventions import IS_ERROR, SPAN_KIND
 from tracehouse.topology.api import latest_edges
 
 # Calls and errors of the service's (or operation's) entry spans, window and baseline.
 RED_SQL = f"""
-WITH
-    Minute >= fromUnixTimestamp({{start:Int64}}) AND Minute < fromUnixTimestamp({{end:Int64}})
-    AS Current,
-    Minute >= fromUnixTimestamp({{base_start:Int64}})
-        AND Minute < fromUnixTimestamp({{base_end:Int64}}) AS Base
+WITH {WINDOW_AND_BASELINE}
 SELECT
     sumIf(Calls, Current) AS calls,
     sumIf(Errors, Current) AS errors,

@@ -19,6 +19,19 @@ from tracehouse.query.params import TimeRange, invalid
 _MINUTE = 60
 _NS_PER_MS = 1_000_000
 
+# For reading a window and its baseline in one pass: ``WITH {WINDOW_AND_BASELINE}`` names the
+# conditions ``Current`` and ``Base`` on ``Minute`` (parameters start, end, base_start,
+# base_end, epoch seconds); ``WINDOW_OR_BASELINE`` is either one, for a subquery's WHERE.
+WINDOW_AND_BASELINE = """
+    Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64})
+    AS Current,
+    Minute >= fromUnixTimestamp({base_start:Int64}) AND Minute < fromUnixTimestamp({base_end:Int64})
+    AS Base"""
+WINDOW_OR_BASELINE = """(
+        (Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64}))
+        OR (Minute >= fromUnixTimestamp({base_start:Int64})
+            AND Minute < fromUnixTimestamp({base_end:Int64})))"""
+
 KINDS = ("server", "client", "producer", "consumer", "internal", "unspecified")
 # Spans that are requests a service handles: what a service's calls and latency count.
 ENTRY_KINDS = ("server", "consumer")

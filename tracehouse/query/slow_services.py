@@ -31,7 +31,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
-from tracehouse.query._rollups import ENTRY_KINDS, MinuteWindow, minute_window, ms, quantiles_ms
+from tracehouse.query._rollups import (
+    ENTRY_KINDS,
+    WINDOW_AND_BASELINE,
+    WINDOW_OR_BASELINE,
+    MinuteWindow,
+    minute_window,
+    ms,
+    quantiles_ms,
+)
 from tracehouse.query.params import TimeRange, invalid, time_range
 from tracehouse.topology.api import latest_edges
 
@@ -51,21 +59,10 @@ class SlowServiceDefaults:
     min_calls: int = 10
 
 
-_WINDOWS = """
-    Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64})
-    AS Current,
-    Minute >= fromUnixTimestamp({base_start:Int64}) AND Minute < fromUnixTimestamp({base_end:Int64})
-    AS Base"""
-
-_EITHER_WINDOW = """(
-        (Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64}))
-        OR (Minute >= fromUnixTimestamp({base_start:Int64})
-            AND Minute < fromUnixTimestamp({base_end:Int64})))"""
-
 # Entry spans per service (operation '') and per service and operation, window and baseline
 # (also read by the insights job, tracehouse/diagnosis/insights.py).
 RED_SQL = f"""
-WITH {_WINDOWS}
+WITH {WINDOW_AND_BASELINE}
 SELECT
     ServiceName AS service,
     if(grouping(SpanName, Kind) = 0, SpanName, '') AS operation,
@@ -87,7 +84,7 @@ SETTINGS group_by_use_nulls = 0
 
 # Time the services spend in calls to other services, queues and external peers, by edge.
 EDGE_TIME_SQL = f"""
-WITH {_WINDOWS}
+WITH {WINDOW_AND_BASELINE}
 SELECT
     Source AS service,
     Target AS target,
@@ -96,7 +93,7 @@ SELECT
     sumIf(ClientDurationSum, Current) AS total_ns,
     sumIf(Calls, Base) AS base_calls,
     sumIf(ClientDurationSum, Base) AS base_total_ns
-FROM ({latest_edges(_EITHER_WINDOW)})
+FROM ({latest_edges(WINDOW_OR_BASELINE)})
 WHERE Version = LatestVersion
   AND has({{services:Array(String)}}, Source)
   AND ConnectionType IN ('service', 'messaging', 'external')
@@ -105,7 +102,7 @@ GROUP BY service, target, type
 
 # Time the services spend in SQL, by fingerprint, with the statement and exemplar traces.
 SQL_TIME_SQL = f"""
-WITH {_WINDOWS}
+WITH {WINDOW_AND_BASELINE}
 SELECT
     ServiceName AS service,
     Fingerprint AS fingerprint,
