@@ -108,7 +108,8 @@ def test_spool_left_by_a_stopped_server_is_replayed_at_start(
 
     second = make_server(data_dir=data_dir)
     assert _wait_for(lambda: _count(second, "otel_traces", service_name) == 7)
-    assert _wait_for(lambda: not list((data_dir / "spool").iterdir()))
+    spool = data_dir / "spool"
+    assert _wait_for(lambda: not [*spool.glob("*.spool"), *spool.glob("*.group")])
     assert _count(second, "otel_traces", service_name) == 7
 
 
@@ -148,6 +149,47 @@ def test_retried_request_is_not_stored_twice(server: Tracehouse, service_name: s
     assert query(
         server, "SELECT count() FROM otel_traces WHERE ServiceName = {s:String}", s=service_name
     ) == [(4,)]
+
+
+def test_request_retried_after_a_restart_is_not_stored_twice(
+    make_server: ServerFactory, service_name: str, tmp_path: Path
+) -> None:
+    """The exporter lost the answer and retries against the restarted process: the key journal
+    beside the spool remembers the request although its spool file was inserted and removed."""
+    data_dir = tmp_path / "restart"
+    body = trace_request(service_name, spans=6).SerializeToString()
+    first = make_server(data_dir=data_dir)
+    assert _post(first, body).status_code == 200
+    assert _wait_for(lambda: _count(first, "otel_traces", service_name) == 6)
+    first.stop()
+    assert not list((data_dir / "spool").glob("*.spool"))
+
+    second = make_server(data_dir=data_dir)
+    assert _post(second, body).status_code == 200
+    assert second.pipeline is not None and second.pipeline.wait_stored(20)
+    assert _count(second, "otel_traces", service_name) == 6
+
+
+def test_request_still_in_the_spool_is_recognised_without_the_journal(
+    make_server: ServerFactory, engine_url: str, service_name: str, tmp_path: Path
+) -> None:
+    """A crash between the spool write and the journal append: the spooled request itself
+    proves it was accepted, so its retry adds nothing."""
+    sink = FlakySink(engine_url)
+    sink.failing.set()
+    data_dir = tmp_path / "crash"
+    body = trace_request(service_name, spans=3).SerializeToString()
+    first = make_server(sink=sink, data_dir=data_dir, drain_timeout_s=0)
+    assert _post(first, body).status_code == 200
+    first.stop()
+    for journal in (data_dir / "spool").glob("accepted.keys*"):
+        journal.unlink()
+
+    second = make_server(data_dir=data_dir)
+    assert _post(second, body).status_code == 200
+    assert _wait_for(lambda: not list((data_dir / "spool").glob("*.spool")))
+    assert second.pipeline is not None and second.pipeline.wait_stored(20)
+    assert _count(second, "otel_traces", service_name) == 3
 
 
 def test_full_spool_is_refused_with_retryable_status_and_nothing_acknowledged_is_lost(

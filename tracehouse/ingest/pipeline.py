@@ -11,6 +11,10 @@ Bounds: requests waiting for the spool write are limited by ``queue_max_rows`` i
 spool by ``spool_max_bytes``; past either, submit refuses at once with ``Overloaded`` (the
 receivers answer 503 / UNAVAILABLE with a retry delay). While ClickHouse fails, groups are
 retried with backoff under the same deduplication token and the spool absorbs the gap.
+
+A request is known by its key (a digest of its bytes): a retry of one stored or in flight gets
+the original's outcome instead of being stored again, for ``dedup_window_s`` — across a restart
+or a crash too, through the key journal beside the spool (``journal.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tracehouse.ingest import metrics
+from tracehouse.ingest.journal import KeyJournal
 from tracehouse.ingest.spool import Group, Spool, SpoolFull
 from tracehouse.model import Signal
 from tracehouse.storage import RefusedData
@@ -74,6 +79,7 @@ class _Pending:
     payload: bytes
     items: int
     future: Future[None]
+    key: bytes | None
 
 
 class _RecentRequests:
@@ -103,6 +109,18 @@ class _RecentRequests:
                 self._items[key] = (now, future)
             return None
 
+    def seed(self, known: list[tuple[float, bytes]]) -> None:
+        """Remember requests stored by an earlier run, given as (age in seconds, key)."""
+        now = time.monotonic()
+        done: Future[None] = Future()
+        done.set_result(None)
+        with self._lock:
+            for age, key in sorted(known, reverse=True):  # oldest first, as live entries go
+                if age <= self._window and self._max > 0:
+                    self._items[key] = (now - age, done)
+            while len(self._items) > self._max:
+                self._items.popitem(last=False)
+
 
 class IngestPipeline:
     """Durable-before-ack, bounded, group-inserting writer (see module docstring)."""
@@ -115,6 +133,13 @@ class IngestPipeline:
         self._pending: list[_Pending] = []
         self._pending_items: dict[Signal, int] = dict.fromkeys(Signal, 0)
         self._recent = _RecentRequests(limits.dedup_window_s, limits.dedup_max_entries)
+        # Requests stored before a restart (or crash) are still recognised when retried.
+        self._journal: KeyJournal | None = None
+        if limits.dedup_max_entries > 0:
+            self._journal = KeyJournal(spool.directory, limits.dedup_max_entries)
+            known = self._journal.load(limits.dedup_window_s)
+            known += [(0.0, key) for key in spool.request_keys()]
+            self._recent.seed(known)
         self._stopping = False
         self._spooled = threading.Condition()
         self._draining_until = 0.0
@@ -150,6 +175,8 @@ class IngestPipeline:
         for thread in self._threads:
             thread.join()
         self._threads.clear()
+        if self._journal is not None:
+            self._journal.close()
 
     def wait_stored(self, timeout_s: float) -> bool:
         """Wait until everything acknowledged so far is in ClickHouse; False on timeout."""
@@ -188,7 +215,7 @@ class IngestPipeline:
             future.set_result(None)
             return future
         try:
-            self._enqueue(_Pending(signal, payload, items, future))
+            self._enqueue(_Pending(signal, payload, items, future, key))
         except (Overloaded, Unavailable) as exc:
             future.set_exception(exc)  # a retry of this request must not wait on it
             raise
@@ -248,6 +275,11 @@ class IngestPipeline:
             for pending in taken:
                 pending.future.set_exception(error)
             return
+        if self._journal is not None:
+            try:
+                self._journal.append([p.key for p in taken if p.key is not None])
+            except OSError as exc:  # the data is safe; only a retry after a crash may duplicate
+                log.warning("could not journal %d request keys: %s", len(taken), exc)
         metrics.SPOOL_WRITE_SECONDS.observe(time.perf_counter() - started)
         metrics.ITEMS.labels(signal.value, "accepted").inc(items)
         for pending in taken:
@@ -306,9 +338,19 @@ class IngestPipeline:
                 continue
             metrics.FLUSH_SECONDS.labels(signal.value).observe(time.perf_counter() - started)
             metrics.BATCHES.labels(signal.value, "inserted").inc()
+            self._sync_journal()
             self._spool.complete(group)
             self._set_failing(signal, False)
             return
+
+    def _sync_journal(self) -> None:
+        """Make the journal durable before spool files (which also prove their keys) go."""
+        if self._journal is None:
+            return
+        try:
+            self._journal.sync()
+        except OSError as exc:
+            log.warning("could not sync the request-key journal: %s", exc)
 
     def _set_failing(self, signal: Signal, failing: bool) -> None:
         if failing:

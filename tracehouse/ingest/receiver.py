@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from tracehouse.ingest import metrics
+from tracehouse.ingest.journal import request_key
 from tracehouse.ingest.otlp_json import JsonDecodeError, parse_json
 from tracehouse.ingest.pipeline import IngestPipeline
 from tracehouse.ingest.validate import Inspection, inspect_logs, inspect_metrics, inspect_traces
@@ -83,8 +83,9 @@ class OtlpReceiver:
             inspection = inspect_metrics(request, self._limits)
         else:
             inspection = inspect_logs(request, self._limits)
-        key = hashlib.blake2b(payload, digest_size=16, person=signal.value.encode()).digest()
-        future = self.pipeline.submit(signal, payload, inspection.accepted, key)
+        future = self.pipeline.submit(
+            signal, payload, inspection.accepted, request_key(signal, payload)
+        )
         if inspection.rejected:
             metrics.ITEMS.labels(signal.value, "rejected").inc(inspection.rejected)
         if inspection.truncated_values:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tracehouse.ingest import metrics
+from tracehouse.ingest.journal import request_key
 from tracehouse.model import Signal
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,23 @@ class Spool:
         for manifest in sorted(directory.glob("*.group")):
             self._recover_group(manifest)
         self._publish()
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    def request_keys(self) -> list[bytes]:
+        """The keys of the requests held in the spool files (hashed again from the files)."""
+        with self._lock:
+            files = [f for signal_files in self._files.values() for f in signal_files]
+        keys: list[bytes] = []
+        for spooled in files:
+            try:
+                data = spooled.path.read_bytes()
+            except FileNotFoundError:  # inserted and removed meanwhile
+                continue
+            keys.extend(request_key(spooled.signal, payload) for payload in unframe(data))
+        return keys
 
     @property
     def size_bytes(self) -> int:
