@@ -11,6 +11,8 @@
 - ``sql``: the rule's own ClickHouse query (experts): one numeric ``value`` column, every
   other column a label; ``{start:DateTime64(3)}``, ``{end:DateTime64(3)}`` and
   ``{window_s:Float64}`` are bound.
+- ``insight``: the number of insight events (``tracehouse_insights``, read through
+  :func:`tracehouse.diagnosis.insights.insight_events`) detected in the window, per label set.
 
 The window ends ``evaluation_delay`` before now (late data) and is ``window`` long. Rollups
 are read by whole minutes: every minute the window overlaps.
@@ -25,10 +27,17 @@ import datetime as dt
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from tracehouse.alerting.evaluator import QueryResult, Sample
 from tracehouse.alerting.rules import Rule
+from tracehouse.diagnosis.insights import (
+    Insight,
+    InsightEvent,
+    InsightKind,
+    get_insight,
+    insight_events,
+)
 from tracehouse.query.metrics import SeriesQuery, query_series
 from tracehouse.query.params import TimeRange
 
@@ -244,11 +253,63 @@ def _run_metric(client: Any, rule: Rule, now: dt.datetime) -> QueryResult:
     return QueryResult(tuple(samples))
 
 
+def _insight_events(client: Any, rule: Rule, now: dt.datetime) -> list[InsightEvent]:
+    """The insight events of the rule's window that pass its filters."""
+    window = Window.of(rule, now)
+    kind = cast(InsightKind | None, rule.filters.get("insight_kind"))
+    found = insight_events(client, window.start, window.end, rule.filters.get("service"), kind)
+    operation = rule.filters.get("operation")
+    min_ratio = float(rule.filters.get("min_ratio", "0"))
+    return [
+        e for e in found if (operation is None or e.operation == operation) and e.ratio >= min_ratio
+    ]
+
+
+def insight_labels(rule: Rule, event: InsightEvent) -> dict[str, str]:
+    """The labels of the alert an insight event counts for (an empty ``operation``, the
+    service as a whole, is no label)."""
+    values = {"service": event.service, "operation": event.operation, "insight_kind": event.kind}
+    return {label: values[label] for label in rule.group_by if values[label]}
+
+
+def _run_insight(client: Any, rule: Rule, now: dt.datetime) -> QueryResult:
+    """An ``insight`` rule: per label set, the number of matching insights in the window."""
+    try:
+        events = _insight_events(client, rule, now)
+    except Exception as exc:  # one failing rule never stops the others
+        return QueryResult(error=f"{type(exc).__name__}: {str(exc)[:500]}")
+    counts: dict[tuple[tuple[str, str], ...], int] = {}
+    for event in events:
+        key = tuple(sorted(insight_labels(rule, event).items()))
+        counts[key] = counts.get(key, 0) + 1
+    return QueryResult(tuple(Sample(dict(k), float(n)) for k, n in sorted(counts.items())))
+
+
+def insight_for(
+    client: Any, rule: Rule, labels: dict[str, str], now: dt.datetime
+) -> Insight | None:
+    """The insight an alert of an ``insight`` rule is about: among the window's matching
+    events with the alert's labels, the newest; at equal times the service as a whole before
+    an endpoint, a diagnosed one first, then the larger rise. None if there is none."""
+    wanted = {k: labels.get(k, "") for k in rule.group_by}
+    events = [
+        e
+        for e in _insight_events(client, rule, now)
+        if {k: insight_labels(rule, e).get(k, "") for k in rule.group_by} == wanted
+    ]
+    if not events:
+        return None
+    best = max(events, key=lambda e: (e.detected_at, not e.operation, e.diagnosed, e.ratio))
+    return get_insight(client, best.id)
+
+
 def run(client: Any, rule: Rule, now: dt.datetime) -> QueryResult:
     """The rule's query result at ``now``; an error (bad SQL, ClickHouse down) is returned,
     not raised, so the other rules go on."""
     if rule.kind == "metric":
         return _run_metric(client, rule, now)
+    if rule.kind == "insight":
+        return _run_insight(client, rule, now)
     try:
         sql, params = build(rule, now)
         result = client.query(sql, parameters=params)

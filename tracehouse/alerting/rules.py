@@ -153,6 +153,7 @@ Kind = Literal[
     "log_count",
     "metric",
     "sql",
+    "insight",
 ]
 MetricAggregation = Literal["avg", "max", "min", "sum", "rate", "p95", "p99"]
 # Labels each kind can filter and group by (filters: exact match; `body_contains` substring).
@@ -162,8 +163,34 @@ KIND_LABELS: dict[str, tuple[str, ...]] = {
     "edge": ("source", "target", "type"),
     "sql": ("service", "db_system", "db_namespace", "fingerprint"),
     "log": ("service", "severity"),
+    "insight": ("service", "operation", "insight_kind"),
 }
 LOG_FILTERS = ("service", "severity", "min_severity_number", "body_contains")
+INSIGHT_FILTERS = ("service", "operation", "insight_kind", "min_ratio")
+INSIGHT_KINDS = ("latency", "error_rate")
+# Kind insight: the window covers the insights job's cooldown (15 min: an increase that lasts
+# is raised again after it) with margin, so a lasting problem keeps its alert firing.
+INSIGHT_WINDOW_S = 1200.0
+DEFAULT_DIAGNOSIS_TIMEOUT_S = 30.0
+# Fields that mean nothing for kind insight (it counts insight events, not spans): they must
+# keep their defaults (spec() writes every field, so "given" cannot be told from "default").
+_NOT_FOR_INSIGHT = {"scope": "service", "quantile": 0.99, "span_kind": "entry", "min_calls": 0}
+
+
+def _insight_defaults(data: Any) -> Any:
+    """Kind insight: the defaults that differ (group by service, fire on any insight, a window
+    as long as the insights' cooldown)."""
+    if not isinstance(data, dict) or data.get("kind") != "insight":
+        return data
+    out = dict(data)
+    out.setdefault("group_by", ["service"])
+    out.setdefault("condition", {"op": ">", "threshold": 0})
+    out.setdefault("window", INSIGHT_WINDOW_S)
+    filters = out.get("filters")
+    if isinstance(filters, dict) and isinstance(filters.get("min_ratio"), int | float):
+        # a number in YAML (min_ratio: 2); filters are text
+        out["filters"] = {**filters, "min_ratio": str(filters["min_ratio"])}
+    return out
 
 
 class Rule(_Strict):
@@ -193,11 +220,25 @@ class Rule(_Strict):
     keep_firing_for: Duration = 0.0
     no_data: Literal["ok", "alert", "keep"] = "ok"
     min_calls: int = Field(default=0, ge=0)
+    # kind insight: how long the diagnosis attached to a firing alert may take
+    diagnosis_timeout: Duration = DEFAULT_DIAGNOSIS_TIMEOUT_S
     severity: str = "warning"
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
     receivers: list[str] = Field(default_factory=list)
     actions: list[ScaleAction] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_of_kind(cls, data: Any) -> Any:
+        return _insight_defaults(data)
+
+    @field_validator("diagnosis_timeout")
+    @classmethod
+    def _diagnosis_timeout(cls, value: float) -> float:
+        if value <= 0 or value > 600:
+            raise ValueError("diagnosis_timeout must be more than 0 and at most 10m")
+        return value
 
     @field_validator("interval")
     @classmethod
@@ -220,6 +261,8 @@ class Rule(_Strict):
             return KIND_LABELS["sql"]
         if self.kind == "log_count":
             return KIND_LABELS["log"]
+        if self.kind == "insight":
+            return KIND_LABELS["insight"]
         return KIND_LABELS[self.scope]
 
     @model_validator(mode="after")
@@ -241,22 +284,67 @@ class Rule(_Strict):
             return self
         if self.metric is not None or self.agg is not None:
             raise ValueError(f"metric and agg are only for kind 'metric', not {self.kind!r}")
-        allowed = LOG_FILTERS if self.kind == "log_count" else self.label_space
+        if self.kind == "insight":
+            self._check_insight()
+        elif self.diagnosis_timeout != DEFAULT_DIAGNOSIS_TIMEOUT_S:
+            raise ValueError(f"diagnosis_timeout is only for kind 'insight', not {self.kind!r}")
+        if self.kind == "log_count":
+            allowed: tuple[str, ...] = LOG_FILTERS
+        elif self.kind == "insight":
+            allowed = INSIGHT_FILTERS
+        else:
+            allowed = self.label_space
         for key in self.filters:
             if key not in allowed:
                 raise ValueError(
-                    f"filters: {key!r} is not a filter of kind {self.kind!r} "
-                    f"(scope {self.scope!r}): use {', '.join(allowed)}"
+                    f"filters: {key!r} is not a filter of {self._kind_text}: "
+                    f"use {', '.join(allowed)}"
                 )
         for label in self.group_by:
             if label not in self.label_space:
                 raise ValueError(
-                    f"group_by: {label!r} is not a label of kind {self.kind!r} "
-                    f"(scope {self.scope!r}): use {', '.join(self.label_space)}"
+                    f"group_by: {label!r} is not a label of {self._kind_text}: "
+                    f"use {', '.join(self.label_space)}"
                 )
         if self.kind.startswith("sql_") and self.scope != "service":
             raise ValueError(f"scope: kind {self.kind!r} reads database calls, scope service")
         return self
+
+    @property
+    def _kind_text(self) -> str:
+        if self.kind == "insight":
+            return "kind 'insight'"
+        return f"kind {self.kind!r} (scope {self.scope!r})"
+
+    def _check_insight(self) -> None:
+        for name, default in _NOT_FOR_INSIGHT.items():
+            if getattr(self, name) != default:
+                raise ValueError(
+                    f"{name}: kind 'insight' counts insight events, it takes no {name} "
+                    "(filters: service, operation, insight_kind, min_ratio)"
+                )
+        if self.no_data != "ok":
+            raise ValueError(
+                "no_data: kind 'insight' fires while insights exist; a window without any is "
+                "ok (use no_data: ok)"
+            )
+        kind = self.filters.get("insight_kind")
+        if kind is not None and kind not in INSIGHT_KINDS:
+            raise ValueError(
+                f"filters: insight_kind {kind!r} is not an insight kind: use "
+                f"{', '.join(INSIGHT_KINDS)}"
+            )
+        ratio = self.filters.get("min_ratio")
+        if ratio is not None:
+            try:
+                number = float(ratio)
+            except ValueError:
+                number = math.nan
+            if not math.isfinite(number) or number <= 0:
+                raise ValueError(
+                    f"filters: min_ratio {ratio!r} must be a number above 0 (2: the value at "
+                    "least doubled)"
+                )
 
     def spec(self) -> dict[str, Any]:
         """The rule as JSON-compatible data, as it is stored and read back."""

@@ -8,7 +8,9 @@ only while this process leads). Two daemon threads:
   go into the outbox first, then the new states, history and rule health are stored; then
   each receiver's groups are planned (:func:`tracehouse.alerting.dispatch.plan_groups`)
   and what is due goes into the outbox. A failing rule is recorded (health ``err``, last
-  error) and the others go on.
+  error) and the others go on. A firing alert of an ``insight`` rule gets the diagnosis of
+  its insight (:class:`~tracehouse.alerting.diagnoses.InsightDiagnoses`, computed off this
+  thread when the insight has none) and is notified once that is there or timed out.
 - **delivery**: pending outbox entries whose time has come are sent through the
   :class:`~tracehouse.alerting.delivery.Notifier` and updated (delivered, dead, or the next
   attempt).
@@ -20,10 +22,11 @@ neither forgets a firing alert nor sends it again as new.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,7 @@ from tracehouse.alerting.delivery import (
     WebhookRequest,
     after_attempt,
 )
+from tracehouse.alerting.diagnoses import DIAGNOSIS_KEYS, InsightDiagnoses
 from tracehouse.alerting.dispatch import SentGroup, plan_groups, scaling_outgoing
 from tracehouse.alerting.egress import EgressPolicy
 from tracehouse.alerting.evaluator import (
@@ -108,6 +112,7 @@ class AlertWorker:
         self.notifier: Notifier = notifier or WebhookNotifier(egress=egress)
         self.tick_s = tick_s
         self.clock = clock
+        self.diagnoses = InsightDiagnoses(client, external_url)
         self._instances: dict[str, dict[str, AlertInstance]] = {}
         self._last_eval: dict[str, dt.datetime] = {}
         self._sent: dict[str, SentGroup] = {}
@@ -139,6 +144,7 @@ class AlertWorker:
         for thread in self._threads:
             thread.join(grace_s)
         self._threads = []
+        self.diagnoses.close()
         if self._owned_notifier and isinstance(self.notifier, WebhookNotifier):
             self.notifier.close()
 
@@ -206,10 +212,11 @@ class AlertWorker:
                 for fp, i in evaluation.instances.items()
                 if i.state is not AlertState.INACTIVE
             }
+        changed.extend(self._attach_diagnoses(rules, now))
         # Scaling calls first: if the process dies before the states are stored, the calls
         # are re-derived with the same ClientToken (outbox id) and not queued twice.
         self.store.enqueue(scaling, now)
-        self.store.put_instances(changed)
+        self.store.put_instances({(i.rule, i.fingerprint): i for i in changed}.values())
         self.store.add_history(transitions)
         self.store.put_health(health)
         queued = len(scaling) + self._dispatch(rules, receivers, now)
@@ -225,9 +232,10 @@ class AlertWorker:
         silences: list[Any],
     ) -> tuple[Evaluation, RuleHealth]:
         started = time.perf_counter()
-        evaluation = evaluate(
-            rule, result, self._instances.get(rule.name, {}), now, silences, self._last_scaled
-        )
+        previous = self._instances.get(rule.name, {})
+        evaluation = evaluate(rule, result, previous, now, silences, self._last_scaled)
+        if rule.kind == "insight":
+            _keep_diagnoses(evaluation, previous)
         for t in evaluation.transitions:
             if t.to_state is AlertState.FIRING and not t.instance.exemplars:
                 try:
@@ -252,6 +260,28 @@ class AlertWorker:
             len(result.samples),
         )
 
+    def _attach_diagnoses(self, rules: dict[str, Rule], now: dt.datetime) -> list[AlertInstance]:
+        """Firing alerts of ``insight`` rules without a diagnosis yet: start it (once per
+        episode) or add it once it is there (or has failed or timed out)."""
+        updated = []
+        for name, rule in rules.items():
+            if rule.kind != "insight":
+                continue
+            instances = self._instances.get(name, {})
+            for fp, inst in list(instances.items()):
+                if not _awaits_diagnosis(rule, inst):
+                    continue
+                lookup = functools.partial(
+                    queries.insight_for, self.store_client, rule, dict(inst.labels), now
+                )
+                found = self.diagnoses.annotations_for(
+                    (name, fp, inst.episode), rule.diagnosis_timeout, lookup
+                )
+                if found is not None:
+                    instances[fp] = replace(inst, annotations={**inst.annotations, **found})
+                    updated.append(instances[fp])
+        return updated
+
     @property
     def store_client(self) -> Any:
         return self.store._client
@@ -266,6 +296,7 @@ class AlertWorker:
                 for name, rule in rules.items()
                 if receiver.name in rule.receivers
                 for inst in self._instances.get(name, {}).values()
+                if not _awaits_diagnosis(rule, inst)  # sent once it is there or timed out
             ]
             if not members and not self._sent:
                 continue
@@ -329,3 +360,22 @@ class AlertWorker:
             last_error=decision.error,
             delivered_at=after if decision.status is DeliveryStatus.DELIVERED else None,
         )
+
+
+def _awaits_diagnosis(rule: Rule, inst: AlertInstance) -> bool:
+    return (
+        rule.kind == "insight"
+        and inst.state is AlertState.FIRING
+        and "diagnosis" not in inst.annotations
+    )
+
+
+def _keep_diagnoses(evaluation: Evaluation, previous: Mapping[str, AlertInstance]) -> None:
+    """The evaluator renders annotations afresh; an episode keeps its diagnosis."""
+    for fp, inst in evaluation.instances.items():
+        old = previous.get(fp)
+        if old is None or not inst.episode or old.episode != inst.episode:
+            continue
+        kept = {k: v for k, v in old.annotations.items() if k in DIAGNOSIS_KEYS}
+        if kept:
+            evaluation.instances[fp] = replace(inst, annotations={**inst.annotations, **kept})

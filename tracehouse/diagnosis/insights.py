@@ -9,8 +9,8 @@ or of one of its five busiest endpoints, each with the diagnosis of the affected
   :func:`~tracehouse.diagnosis.api.diagnose` for the affected service (and endpoint) and
   stores the insight in ``tracehouse_insights`` (migration 0011). An insight of the same
   kind, service and endpoint is not raised again within ``cooldown_min``.
-- :func:`recent_insights` reads them back (``GET /api/v1/insights``; the alerting package
-  may call it to fire on insights).
+- :func:`recent_insights` reads them back (``GET /api/v1/insights``); alert rules of kind
+  ``insight`` count :func:`insight_events` and read :func:`get_insight` when they fire.
 
 Rules (``InsightSettings``), judged only with at least ``min_calls`` calls in the window and
 in the baseline:
@@ -93,6 +93,27 @@ WHERE DetectedAt >= fromUnixTimestamp64Milli({{start_ms:Int64}})
   AND ({{kind:String}} = '' OR Kind = {{kind:String}})
 ORDER BY DetectedAt DESC, Id
 LIMIT {{limit:UInt32}}
+"""
+
+# Insights detected in a range without their diagnosis, oldest first (alert rules on insights
+# count them per label set every evaluation); empty filters select everything.
+INSIGHT_EVENTS_SQL = """
+SELECT Id, DetectedAt, Kind, Service, Operation, Value, BaselineValue, Diagnosis != ''
+FROM tracehouse_insights FINAL
+WHERE DetectedAt >= fromUnixTimestamp64Milli({start_ms:Int64})
+  AND DetectedAt < fromUnixTimestamp64Milli({end_ms:Int64})
+  AND ({service:String} = '' OR Service = {service:String})
+  AND ({kind:String} = '' OR Kind = {kind:String})
+ORDER BY DetectedAt, Id
+LIMIT {limit:UInt32}
+"""
+
+# One insight by its id.
+INSIGHT_BY_ID_SQL = f"""
+SELECT {", ".join(INSERT_COLUMNS)}
+FROM tracehouse_insights FINAL
+WHERE Id = {{id:String}}
+LIMIT 1
 """
 
 
@@ -290,6 +311,63 @@ def recent_insights(
         },
     ).result_rows
     return [_insight(tuple(row)) for row in rows]
+
+
+@dataclass(frozen=True)
+class InsightEvent:
+    """An insight without its diagnosis (``operation`` '': the service's entry spans as a
+    whole); ``ratio`` is ``value`` over ``baseline_value`` (inf from a zero baseline)."""
+
+    id: str
+    detected_at: dt.datetime
+    kind: InsightKind
+    service: str
+    operation: str
+    value: float
+    baseline_value: float
+    diagnosed: bool
+
+    @property
+    def ratio(self) -> float:
+        if self.baseline_value > 0:
+            return self.value / self.baseline_value
+        return float("inf") if self.value > 0 else 1.0
+
+
+# Events read per call at most: far above what a 20-minute window holds (one insight per
+# kind, service and endpoint per cooldown).
+MAX_EVENTS = 100_000
+
+
+def insight_events(
+    client: Any,
+    start: dt.datetime,
+    end: dt.datetime,
+    service: str | None = None,
+    kind: InsightKind | None = None,
+) -> list[InsightEvent]:
+    """Insights detected in ``[start, end)``, oldest first, without their diagnosis (cheap
+    enough for every evaluation of an alert rule on insights)."""
+    rows = client.query(
+        INSIGHT_EVENTS_SQL,
+        parameters={
+            "start_ms": _ms(start),
+            "end_ms": _ms(end),
+            "service": service or "",
+            "kind": kind or "",
+            "limit": MAX_EVENTS,
+        },
+    ).result_rows
+    return [
+        InsightEvent(str(r[0]), _utc(r[1]), r[2], r[3], r[4], float(r[5]), float(r[6]), bool(r[7]))
+        for r in rows
+    ]
+
+
+def get_insight(client: Any, insight_id: str) -> Insight | None:
+    """One insight with its diagnosis, or None when there is none of that id."""
+    rows = client.query(INSIGHT_BY_ID_SQL, parameters={"id": insight_id}).result_rows
+    return _insight(tuple(rows[0])) if rows else None
 
 
 class InsightDetector:
