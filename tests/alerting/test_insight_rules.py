@@ -87,12 +87,18 @@ def window_end(scenario: simulate.Scenario) -> dt.datetime:
 
 
 def rules_file(
-    tmp_path: Path, receiver: Receiver, service: str, *overrides: dict[str, Any]
+    tmp_path: Path,
+    receiver: Receiver,
+    service: str,
+    *overrides: dict[str, Any],
+    body_template: str | None = None,
 ) -> Path:
     """The documented example, pointed at ``service`` and the loopback receiver, once per
     override (each a rule with its own name)."""
     spec = documented_example()
     (hook,) = spec["receivers"]
+    if body_template is not None:
+        hook["body_template"] = body_template
     hook.update(
         name=f"hook-{service}",
         url=receiver.url,
@@ -159,7 +165,8 @@ def test_a_slow_statement_behind_four_hops_fires_with_the_cause_first_then_resol
     ]
     assert {(i.kind, i.operation) for i in raised} >= {("latency", None)}
 
-    worker, at = worker_at(client, rules_file(tmp_path, receiver, frontend), detected_at)
+    path = rules_file(tmp_path, receiver, frontend)
+    worker, at = worker_at(client, path, detected_at)
     try:
         at(detected_at + dt.timedelta(seconds=5))
         alert = only_alert(receiver.wait_for(1, 30)[0])
@@ -191,10 +198,17 @@ def test_a_slow_statement_behind_four_hops_fires_with_the_cause_first_then_resol
         # The insight's stored diagnosis was used: nothing computed for the alert.
         assert worker.diagnoses.pending() == 0
 
-        # Still firing over the next evaluations: not notified again, diagnosis unchanged.
+        # A restart: the alert comes back from ClickHouse with its diagnosis, still firing
+        # over the next evaluations, and is neither notified again nor diagnosed again.
+        worker.stop()
+        worker, at = worker_at(client, path, detected_at)
         for seconds in (20, 35, 600):
             at(detected_at + dt.timedelta(seconds=seconds))
         assert len(receiver.received) == 1
+        (stored,) = [i for i in worker.store.instances() if i.labels.get("service") == frontend]
+        assert stored.state == "firing"
+        assert stored.annotations["diagnosis"] == notes["diagnosis"]
+        assert worker.diagnoses.pending() == 0
 
         # The fault is gone: ten healthy minutes after it, in which the job finds nothing.
         healthy = replace(
@@ -236,8 +250,17 @@ def test_an_insight_without_a_diagnosis_is_diagnosed_for_the_alert_within_its_bo
     ]
     assert raised and all(i.diagnosis is None for i in raised)
 
+    # A templated body: the structured diagnosis is in the template's context.
+    template = (
+        '{"version": "4", "alerts": {{ alerts }}, "top": "{{ alerts.0.diagnosis.causes.0.label }}"}'
+    )
     path = rules_file(
-        tmp_path, receiver, frontend, {"diagnosis_timeout": "2m"}, {"diagnosis_timeout": "1ms"}
+        tmp_path,
+        receiver,
+        frontend,
+        {"diagnosis_timeout": "2m"},
+        {"diagnosis_timeout": "1ms"},
+        body_template=template,
     )
     worker, at = worker_at(client, path, detected_at)
     try:
@@ -253,6 +276,8 @@ def test_an_insight_without_a_diagnosis_is_diagnosed_for_the_alert_within_its_bo
         received = receiver.wait_for(2, 10)
         alerts = {a["labels"]["alertname"][-1]: a for a in map(only_alert, received)}
         patient, hurried = alerts["0"], alerts["1"]
+        tops = {r.json()["alerts"][0]["labels"]["alertname"][-1]: r.json()["top"] for r in received}
+        assert tops == {"0": patient["diagnosis"]["causes"][0]["label"], "1": ""}
         assert patient["status"] == hurried["status"] == "firing"
         assert patient["labels"]["service"] == hurried["labels"]["service"] == frontend
 

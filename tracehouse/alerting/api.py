@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 from tracehouse.access import Role, current_principal
 from tracehouse.alerting import queries
 from tracehouse.alerting.delivery import DeliveryStatus
+from tracehouse.alerting.diagnoses import structured, visible
 from tracehouse.alerting.dispatch import iso
 from tracehouse.alerting.evaluator import AlertState, Matcher, Silence
 from tracehouse.alerting.rules import (
@@ -231,7 +232,8 @@ def router(client: Any, rules_file: FilePath | None) -> APIRouter:
         ] = "active",
     ) -> dict[str, Any]:
         """Alerts by state, newest first, each with its labels, annotations, value, since
-        when, exemplar trace ids and whether a silence covers it."""
+        when, exemplar trace ids and whether a silence covers it; alerts of ``insight``
+        rules also with their structured ``diagnosis`` (null for the others)."""
         now = dt.datetime.now(dt.UTC)
         silences = [s for s, _, _ in store.silences() if s.active(now)]
         if state == "active":
@@ -249,7 +251,8 @@ def router(client: Any, rules_file: FilePath | None) -> APIRouter:
                     "rule": inst.rule,
                     "state": str(inst.state),
                     "labels": dict(inst.labels),
-                    "annotations": dict(inst.annotations),
+                    "annotations": visible(inst.annotations),
+                    "diagnosis": structured(inst.annotations),
                     "value": inst.value,
                     "active_at": iso(inst.active_at) if inst.active_at else None,
                     "fired_at": iso(inst.fired_at) if inst.fired_at else None,

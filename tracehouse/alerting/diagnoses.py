@@ -27,7 +27,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -150,6 +150,20 @@ def diagnosis_annotations(
     return out
 
 
+def visible(annotations: Mapping[str, str]) -> dict[str, str]:
+    """The annotations an alert shows (those not starting with ``__``)."""
+    return {k: v for k, v in annotations.items() if not k.startswith(HIDDEN_PREFIX)}
+
+
+def structured(annotations: Mapping[str, str]) -> dict[str, Any] | None:
+    """The structured diagnosis of an insight alert (None for other alerts)."""
+    text = annotations.get(STRUCTURED_KEY)
+    if not text:
+        return None
+    found = json.loads(text)
+    return found if isinstance(found, dict) else None
+
+
 @dataclass
 class _Job:
     insight: Insight | None
@@ -230,7 +244,10 @@ class InsightDiagnoses:
                 insight, f"{self.max_pending} diagnoses already in progress"
             )
         else:
-            job.future = self._executor.submit(self._diagnose, insight)
+            try:
+                job.future = self._executor.submit(self._diagnose, insight)
+            except RuntimeError as exc:  # shut down: the worker is stopping
+                job.result = self._unavailable(insight, f"not started: {exc}")
         return job
 
     def _diagnose(self, insight: Insight) -> tuple[Diagnosis, float]:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tracehouse.alerting.diagnoses import HIDDEN_PREFIX, STRUCTURED_KEY
+from tracehouse.alerting.diagnoses import structured, visible
 from tracehouse.alerting.evaluator import AlertInstance, AlertState, ScalingRequest
 from tracehouse.alerting.rules import Receiver, render_body
 
@@ -127,7 +127,7 @@ def alertmanager_body(
     ordered = sorted(members, key=lambda m: (m.state is not AlertState.FIRING, m.fingerprint))
     alerts = [_alert(m, external_url) for m in ordered]
     common_labels = _common([m.labels for m in ordered])
-    common_annotations = _common([_visible(m.annotations) for m in ordered])
+    common_annotations = _common([visible(m.annotations) for m in ordered])
     firing = any(m.state is AlertState.FIRING for m in ordered)
     return {
         "version": "4",
@@ -143,16 +143,12 @@ def alertmanager_body(
     }
 
 
-def _visible(annotations: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in annotations.items() if not k.startswith(HIDDEN_PREFIX)}
-
-
 def _alert(inst: AlertInstance, external_url: str) -> dict[str, Any]:
     base = external_url.rstrip("/")
     out = _alert_fields(inst, base)
-    if STRUCTURED_KEY in inst.annotations:
+    if (diagnosis := structured(inst.annotations)) is not None:
         # insight alerts: the diagnosis' top causes as data (body templates can reach them)
-        out["diagnosis"] = json.loads(inst.annotations[STRUCTURED_KEY])
+        out["diagnosis"] = diagnosis
     return out
 
 
@@ -160,7 +156,7 @@ def _alert_fields(inst: AlertInstance, base: str) -> dict[str, Any]:
     return {
         "status": "firing" if inst.state is AlertState.FIRING else "resolved",
         "labels": dict(inst.labels),
-        "annotations": _visible(inst.annotations),
+        "annotations": visible(inst.annotations),
         "startsAt": iso(inst.fired_at or inst.active_at),
         "endsAt": iso(inst.resolved_at) if inst.state is AlertState.RESOLVED else _ZERO_TIME,
         "generatorURL": f"{base}/api/v1/alert-rules/{inst.rule}",
