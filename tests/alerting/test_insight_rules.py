@@ -184,6 +184,7 @@ def test_a_slow_statement_behind_four_hops_fires_with_the_cause_first_then_resol
         assert "FROM risk" in notes["diagnosis"].split("; 2.")[0]
         assert "% of the latency change" in notes["diagnosis"]
         assert len(alert["diagnosis"]["causes"]) == 3
+        assert alert["exemplarTraceIds"] == top["exemplar_trace_ids"] != []
         assert "__diagnosis" not in notes  # served as the structured field only
         link = urlsplit(notes["diagnosis_url"])
         assert f"{link.scheme}://{link.netloc}{link.path}" == f"{EXTERNAL_URL}/api/v1/diagnose"
@@ -313,6 +314,10 @@ INVALID = [
     pytest.param({"filters": {"min_ratio": 0}}, "", "min_ratio '0'", id="ratio-zero"),
     pytest.param({"filters": {"db_system": "mysql"}}, "", "filters: 'db_system'", id="filter"),
     pytest.param({"group_by": ["host"]}, "", "group_by: 'host'", id="group-label"),
+    pytest.param(
+        {"annotations": {"diagnosis": "see runbook"}}, "", "'diagnosis' is set", id="own-diagnosis"
+    ),
+    pytest.param({"annotations": {"__x": "y"}}, "", "'__x' is set", id="reserved-annotation"),
     pytest.param({"diagnosis_timeout": "0s"}, "diagnosis_timeout", "", id="timeout-zero"),
     pytest.param({"diagnosis_timeout": "1h"}, "diagnosis_timeout", "", id="timeout-long"),
     pytest.param({"diagnosis_timeout": "soon"}, "diagnosis_timeout", "", id="timeout-text"),

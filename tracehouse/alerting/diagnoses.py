@@ -33,15 +33,16 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+from tracehouse.alerting.rules import INSIGHT_ANNOTATIONS
 from tracehouse.diagnosis.api import DEFAULT_SAMPLE, Cause, Diagnosis, diagnose
 from tracehouse.diagnosis.insights import Insight
 from tracehouse.query._rollups import MinuteWindow
 
 log = logging.getLogger(__name__)
 
-DIAGNOSIS_KEYS = ("insight", "diagnosis", "diagnosis_url", "__diagnosis")
 HIDDEN_PREFIX = "__"
 STRUCTURED_KEY = "__diagnosis"
+DIAGNOSIS_KEYS = (*INSIGHT_ANNOTATIONS, STRUCTURED_KEY)
 TOP_CAUSES = 3
 # Diagnoses waiting or running at most; more firing alerts at once get "unavailable" at once
 # rather than a queue that could only time out.
@@ -153,6 +154,12 @@ def diagnosis_annotations(
 def visible(annotations: Mapping[str, str]) -> dict[str, str]:
     """The annotations an alert shows (those not starting with ``__``)."""
     return {k: v for k, v in annotations.items() if not k.startswith(HIDDEN_PREFIX)}
+
+
+def top_exemplars(annotations: Mapping[str, str]) -> tuple[str, ...]:
+    """Exemplar traces of the diagnosis' first cause (empty without one)."""
+    causes = (structured(annotations) or {}).get("causes") or []
+    return tuple(str(t) for t in causes[0].get("exemplar_trace_ids", [])) if causes else ()
 
 
 def structured(annotations: Mapping[str, str]) -> dict[str, Any] | None:

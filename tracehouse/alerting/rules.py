@@ -172,6 +172,8 @@ INSIGHT_KINDS = ("latency", "error_rate")
 # is raised again after it) with margin, so a lasting problem keeps its alert firing.
 INSIGHT_WINDOW_S = 1200.0
 DEFAULT_DIAGNOSIS_TIMEOUT_S = 30.0
+# Annotations kind insight sets itself (the diagnosis); a rule cannot define them.
+INSIGHT_ANNOTATIONS = ("insight", "diagnosis", "diagnosis_url")
 # Fields that mean nothing for kind insight (it counts insight events, not spans): they must
 # keep their defaults (spec() writes every field, so "given" cannot be told from "default").
 _NOT_FOR_INSIGHT = {"scope": "service", "quantile": 0.99, "span_kind": "entry", "min_calls": 0}
@@ -328,6 +330,12 @@ class Rule(_Strict):
                 "no_data: kind 'insight' fires while insights exist; a window without any is "
                 "ok (use no_data: ok)"
             )
+        for name in self.annotations:
+            if name in INSIGHT_ANNOTATIONS or name.startswith("__"):
+                raise ValueError(
+                    f"annotations: {name!r} is set by kind 'insight' (the diagnosis) or "
+                    "reserved (__): use another name"
+                )
         kind = self.filters.get("insight_kind")
         if kind is not None and kind not in INSIGHT_KINDS:
             raise ValueError(

@@ -41,7 +41,7 @@ from tracehouse.alerting.delivery import (
     WebhookRequest,
     after_attempt,
 )
-from tracehouse.alerting.diagnoses import DIAGNOSIS_KEYS, InsightDiagnoses
+from tracehouse.alerting.diagnoses import DIAGNOSIS_KEYS, InsightDiagnoses, top_exemplars
 from tracehouse.alerting.dispatch import SentGroup, plan_groups, scaling_outgoing
 from tracehouse.alerting.egress import EgressPolicy
 from tracehouse.alerting.evaluator import (
@@ -278,7 +278,12 @@ class AlertWorker:
                     (name, fp, inst.episode), rule.diagnosis_timeout, lookup
                 )
                 if found is not None:
-                    instances[fp] = replace(inst, annotations={**inst.annotations, **found})
+                    instances[fp] = replace(
+                        inst,
+                        annotations={**inst.annotations, **found},
+                        # the traces of the first cause, for remediation
+                        exemplars=inst.exemplars or top_exemplars(found),
+                    )
                     updated.append(instances[fp])
         return updated
 
