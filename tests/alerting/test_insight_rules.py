@@ -31,10 +31,11 @@ import yaml
 from tests.alerting.receiver import Received, Receiver
 from tests.conftest import ServerFactory
 from tracehouse import storage
+from tracehouse.alerting.diagnoses import InsightDiagnoses
 from tracehouse.alerting.rules import INSIGHT_WINDOW_S, Rule, RuleError, parse_rules_file
 from tracehouse.alerting.worker import AlertWorker
 from tracehouse.diagnosis import simulate
-from tracehouse.diagnosis.insights import InsightDetector, InsightSettings
+from tracehouse.diagnosis.insights import Insight, InsightDetector, InsightSettings
 from tracehouse.storage.schema import SchemaOptions
 
 DOCS = Path(__file__).parents[2] / "docs" / "alerting.md"
@@ -300,6 +301,63 @@ def test_an_insight_without_a_diagnosis_is_diagnosed_for_the_alert_within_its_bo
         assert len(receiver.received) == 2
     finally:
         worker.stop()
+
+
+def test_a_failed_diagnosis_or_lookup_lets_the_alert_out_saying_why() -> None:
+    start = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.UTC)
+    figures = dict.fromkeys(
+        ("avg_ms", "baseline_avg_ms", "p95_ms", "baseline_p95_ms", "error_rate"), 0.0
+    )
+    insight = Insight(
+        id="i-1",
+        detected_at=start + dt.timedelta(minutes=5),
+        window_start=start,
+        window_end=start + dt.timedelta(minutes=5),
+        baseline_start=start - dt.timedelta(minutes=30),
+        baseline_end=start,
+        kind="error_rate",
+        service="geo",
+        operation="GET /geo",
+        value=0.25,
+        baseline_value=0.01,
+        baseline_error_rate=0.01,
+        calls=100,
+        baseline_calls=100,
+        diagnosis=None,
+        diagnosis_error="not diagnosed: over 20 diagnoses in this run",
+        **figures,
+    )
+    # No database behind this one: every diagnosis it starts fails.
+    diagnoses = InsightDiagnoses(None, EXTERNAL_URL)
+
+    def unreadable() -> Insight | None:
+        raise ConnectionError("ClickHouse is down")
+
+    try:
+        key = ("rule", "fingerprint", "episode")
+        found = diagnoses.annotations_for(key, 60, lambda: insight)
+        deadline = time.monotonic() + 30
+        while found is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            found = diagnoses.annotations_for(key, 60, unreadable)  # looked up once only
+        assert found is not None
+        assert found["diagnosis"] == (
+            "unavailable: failed: AttributeError: 'NoneType' object has no attribute 'query'"
+        )
+        assert found["insight"] == "error rate of geo (GET /geo): 25.0%, was 1.0% (25.0x)"
+        assert "operation=GET+%2Fgeo" in found["diagnosis_url"]
+
+        lost = diagnoses.annotations_for(("rule", "other", "episode"), 60, unreadable)
+        assert lost is not None and lost["diagnosis"] == (
+            "unavailable: the insight could not be read: ConnectionError: ClickHouse is down"
+        )
+        assert "diagnosis_url" not in lost
+        gone = diagnoses.annotations_for(("rule", "third", "episode"), 60, lambda: None)
+        assert gone is not None
+        assert gone["diagnosis"] == "unavailable: no matching insight in the rule's window"
+        assert diagnoses.pending() == 0
+    finally:
+        diagnoses.close()
 
 
 INVALID = [
