@@ -463,10 +463,11 @@ def test_n_bounds_are_accepted(apm: Apm) -> None:
 
 def test_reports_read_only_the_rollups_with_bound_parameters() -> None:
     assert len(reports.TOP_SQL) == 4 * 5 + 2
-    rollup = {"sql": "otel_db_1m", "edge": "otel_edges_1m"}
+    red = {"otel_red_1m", "otel_red_1h"}
+    rollup = {"sql": {"otel_db_1m", "otel_db_1h"}, "edge": {"otel_edges_1m"}}
     for (entity, _by), statement in reports.TOP_SQL.items():
         tables = set(re.findall(r"\bFROM\s+(\w+)", statement))
-        assert tables == {rollup.get(entity, "otel_red_1m")}
+        assert tables == rollup.get(entity, red)
         assert "otel_traces" not in statement
         assert "__" not in statement  # every placeholder of the template was filled
         assert "LIMIT {n:UInt32}" in statement

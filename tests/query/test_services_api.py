@@ -359,8 +359,11 @@ def test_bad_parameters_are_422_naming_the_parameter(
 # --- contract ----------------------------------------------------------------------------
 
 
+ROLLUPS = {"otel_red_1m", "otel_red_1h", "otel_db_1m", "otel_db_1h"}
+
+
 def test_endpoints_read_only_the_rollups() -> None:
     statements = [services.SERVICES_SQL, services.OPERATIONS_SQL, *sql.STATEMENTS_SQL.values()]
     for statement in statements:
-        assert set(re.findall(r"\bFROM\s+(\w+)", statement)) <= {"otel_red_1m", "otel_db_1m"}
+        assert set(re.findall(r"\bFROM\s+(\w+)", statement)) <= ROLLUPS
         assert "otel_traces" not in statement

@@ -20,8 +20,10 @@ import pytest
 from tests.storage.test_schema import _creatable_without_a_cluster
 from tracehouse.config import Settings
 from tracehouse.query import services, sql
+from tracehouse.query._rollups import DB_IN_WINDOW, RED_IN_WINDOW, minute_window
+from tracehouse.query.params import TimeRange
 from tracehouse.storage import Migrator, SchemaOptions, all_statements, connect, conventions
-from tracehouse.storage.schema import parse_slow_sql_thresholds
+from tracehouse.storage.schema import load_migrations, parse_slow_sql_thresholds, render
 
 DATA = Path(__file__).parent.parent / "data"
 COLLECTOR_COLUMNS = json.loads((DATA / "collector_schema.json").read_text())["otel_traces"][
@@ -506,7 +508,7 @@ def two_shards(engine_url: str) -> Iterator[tuple[Any, Any, Any]]:
         for shard in (shard_a, shard_b):
             for statement in all_statements(SchemaOptions(cluster="tracehouse")):
                 shard.command(_creatable_without_a_cluster(statement, "tracehouse"))
-        for table in ("otel_red_1m", "otel_db_1m"):
+        for table in ("otel_red_1m", "otel_db_1m", "otel_red_1h", "otel_db_1h"):
             reader.command(
                 f"CREATE TABLE {table} AS {name_a}.{table}_local "
                 f"ENGINE = Merge(REGEXP('^({name_a}|{name_b})$'), '^{table}_local$')"
@@ -549,3 +551,114 @@ def test_rollups_of_one_minute_on_two_shards_merge_through_the_front_table(
         "total_ns": 1010 * MS,
         "max_ns": 1000 * MS,
     }
+
+
+# --- the hourly tier (migration 0013) ------------------------------------------------------
+
+# Spans over three hours: the window below starts and ends inside an hour, so it reads minutes
+# at both ends and one whole hour from the hourly tables.
+HOURLY_OFFSETS_S = [-7_000.0, -6_500.0, -3_590.0, -1_800.0, -1_799.0, -30.0, 50.0, 1_000.0]
+
+RED_BY_OPERATION = """
+SELECT SpanName, Kind, sum(Calls), sum(Errors), sum(DurationSum), min(DurationMin),
+       max(DurationMax), quantilesTDigestMerge(0.5, 0.99)(DurationQuantiles)
+FROM __SOURCE__ WHERE ServiceName = {s:String}
+GROUP BY SpanName, Kind ORDER BY SpanName, Kind
+"""
+DB_BY_FINGERPRINT = """
+SELECT Fingerprint, any(NormalizedStatement), sum(Calls), sum(Errors), sum(SlowCalls),
+       max(SlowThresholdMs), sum(DurationSum), max(DurationMax),
+       quantilesTDigestMerge(0.5, 0.99)(DurationQuantiles), argMaxMerge(SlowestTraceId),
+       length(groupUniqArrayMerge(5)(ExemplarTraceIds))
+FROM __SOURCE__ WHERE ServiceName = {s:String}
+GROUP BY Fingerprint ORDER BY Fingerprint
+"""
+
+
+def _spread_over_hours(service: str) -> list[dict[str, Any]]:
+    rows = []
+    for n, offset in enumerate(HOURLY_OFFSETS_S):
+        status = "STATUS_CODE_ERROR" if n % 3 == 0 else "STATUS_CODE_UNSET"
+        rows.append(_span(service, second=offset, duration_ms=5.0 * (n + 1), status=status))
+        statement = {"db.system": "postgresql", "db.statement": f"SELECT * FROM t WHERE id = {n}"}
+        rows.append(_db_span(service, statement, second=offset, duration_ms=100.0 * (n + 1)))
+    return rows
+
+
+def test_hourly_rollups_hold_what_the_minute_rollups_hold(db: Any, service: str) -> None:
+    rows = _spread_over_hours(service)
+    _insert_as_collector(db, rows)
+    for template in (RED_BY_OPERATION, DB_BY_FINGERPRINT):
+        table = "otel_red" if template is RED_BY_OPERATION else "otel_db"
+        minutes = _rows(db, template.replace("__SOURCE__", f"{table}_1m"), s=service)
+        hours = _rows(db, template.replace("__SOURCE__", f"{table}_1h"), s=service)
+        assert minutes and hours == minutes
+    # Exemplars: any five of the statement's traces (which five depends on the merge order).
+    traces = {r["TraceId"] for r in rows if r["SpanName"] == "db"}
+    (exemplars,) = _rows(
+        db,
+        "SELECT groupUniqArrayMerge(5)(ExemplarTraceIds) FROM otel_db_1h "
+        "WHERE ServiceName = {s:String}",
+        s=service,
+    )[0]
+    assert len(exemplars) == 5 and set(exemplars) <= traces
+    (hour_rows,) = _rows(
+        db, "SELECT uniqExact(Hour) FROM otel_red_1h WHERE ServiceName = {s:String}", s=service
+    )[0]
+    assert hour_rows == 3
+
+
+def test_the_migration_fills_the_hourly_tier_from_minutes_already_rolled_up(
+    db: Any, service: str
+) -> None:
+    """A database upgraded to 0013 has minutes from before the hourly views existed."""
+    _insert_as_collector(db, _spread_over_hours(service))
+    expected = {
+        t: _rows(db, q.replace("__SOURCE__", f"{t}_1h"), s=service)
+        for t, q in (("otel_red", RED_BY_OPERATION), ("otel_db", DB_BY_FINGERPRINT))
+    }
+    db.command("TRUNCATE TABLE otel_red_1h")
+    db.command("TRUNCATE TABLE otel_db_1h")
+    (hourly,) = [m for m in load_migrations() if m.name == "hourly_rollups"]
+    for statement in render(hourly, SchemaOptions()):
+        if statement.startswith("INSERT"):
+            db.command(statement)
+    for table, template in (("otel_red", RED_BY_OPERATION), ("otel_db", DB_BY_FINGERPRINT)):
+        assert (
+            _rows(db, template.replace("__SOURCE__", f"{table}_1h"), s=service) == (expected[table])
+        )
+
+
+@pytest.mark.parametrize(
+    ("start_s", "end_s"),
+    [
+        pytest.param(-7_200, 1_800, id="minutes-hours-minutes"),
+        pytest.param(-1_700, 1_500, id="less-than-an-hour"),
+        pytest.param(-3_600 * 3, 3_600, id="whole-hours"),
+    ],
+)
+def test_tiered_reads_equal_minute_reads_over_any_window(
+    db: Any, service: str, start_s: int, end_s: int
+) -> None:
+    """RED_IN_WINDOW / DB_IN_WINDOW (whole hours from the hourly tier, the rest from minutes)
+    count every span of the window once, like the minute tables alone."""
+    _insert_as_collector(db, _spread_over_hours(service))
+    window = minute_window(
+        TimeRange(MINUTE + timedelta(seconds=start_s), MINUTE + timedelta(seconds=end_s))
+    )
+    parameters = {**window.parameters(), "s": service}
+    in_window = (
+        "(SELECT * FROM __TABLE__ WHERE Minute >= fromUnixTimestamp({start:Int64})"
+        " AND Minute < fromUnixTimestamp({end:Int64}))"
+    )
+    for table, tiered, template in (
+        ("otel_red_1m", RED_IN_WINDOW, RED_BY_OPERATION),
+        ("otel_db_1m", DB_IN_WINDOW, DB_BY_FINGERPRINT),
+    ):
+        minutes = _rows(
+            db,
+            template.replace("__SOURCE__", in_window.replace("__TABLE__", table)),
+            **parameters,
+        )
+        assert minutes, table
+        assert _rows(db, template.replace("__SOURCE__", tiered), **parameters) == minutes

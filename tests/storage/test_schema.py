@@ -48,6 +48,12 @@ MV = "otel_traces_trace_id_ts_mv"
 # The minute rollups of otel_traces (migration 0004), each fed by its view; TTL from Minute.
 ROLLUPS = {"otel_red_1m": "Minute", "otel_db_1m": "Minute"}
 ROLLUP_VIEWS = {"otel_red_1m": "otel_red_1m_mv", "otel_db_1m": "otel_db_1m_mv"}
+# Their hourly tier (migration 0013), each fed by a view on its minute table; TTL from Hour.
+HOURLY = {"otel_red_1h": "Hour", "otel_db_1h": "Hour"}
+HOURLY_VIEWS = {
+    "otel_red_1h": ("otel_red_1h_mv", "otel_red_1m"),
+    "otel_db_1h": ("otel_db_1h_mv", "otel_db_1m"),
+}
 # Service-graph edges (migration 0005), recomputed by the worker (no view); TTL from Minute.
 EDGES = {"otel_edges_1m": "Minute"}
 # Metric points, one table per point type (migration 0010); they follow the traces retention.
@@ -80,6 +86,7 @@ MIGRATION_NAMES = [
     "0010_otel_metrics",
     "0011_insights",
     "0012_audit_log",
+    "0013_hourly_rollups",
 ]
 CLUSTER = "tracehouse"
 
@@ -155,9 +162,10 @@ def _format(client: Any, sql: str) -> str:
 
 
 def _created_name(sql: str) -> str:
-    """The name a statement creates, or ``ALTER <table>`` for a change to an existing table."""
-    if altered := re.match(r"\s*ALTER TABLE (\S+)", sql):
-        return f"ALTER {altered.group(1)}"
+    """The name a statement creates, ``ALTER <table>`` for a change to an existing table, or
+    ``INSERT <table>`` for a one-off fill of a new table from an older one."""
+    if altered := re.match(r"\s*(ALTER|INSERT) (?:TABLE |INTO )(\S+)", sql):
+        return f"{altered.group(1)} {altered.group(2)}"
     match = re.search(r"CREATE (?:TABLE|MATERIALIZED VIEW) IF NOT EXISTS (\S+)", sql)
     assert match, f"not a CREATE ... IF NOT EXISTS statement: {sql[:80]!r}"
     return match.group(1)
@@ -319,6 +327,8 @@ def test_migrate_creates_the_schema_on_an_empty_database(db: Any) -> None:
         "otel_db_1m": "AggregatingMergeTree",
         "otel_db_1m_mv": "MaterializedView",
         "otel_edges_1m": "ReplacingMergeTree",
+        **dict.fromkeys(HOURLY, "AggregatingMergeTree"),
+        **{view: "MaterializedView" for view, _ in HOURLY_VIEWS.values()},
         **dict.fromkeys(METRICS, "MergeTree"),
         **SHARED,
         **INSIGHTS,
@@ -365,6 +375,8 @@ def test_a_migration_cut_off_half_way_is_applied_again(db: Any) -> None:
         MV,
         *ROLLUPS,
         *ROLLUP_VIEWS.values(),
+        *HOURLY,
+        *(view for view, _ in HOURLY_VIEWS.values()),
         *EDGES,
         *SHARED,
         *METRICS,
@@ -507,11 +519,22 @@ def test_every_cluster_statement_parses_and_runs_on_the_cluster(client: Any, clu
         *[name for table in METRICS for name in (f"{table}_local", table)],
         *INSIGHTS,
         *AUDIT,
+        "otel_red_1h_local",
+        "otel_red_1h",
+        "otel_red_1h_mv",
+        "otel_db_1h_local",
+        "otel_db_1h",
+        "otel_db_1h_mv",
+        "INSERT otel_red_1h",
+        "INSERT otel_db_1h",
     ]
     on_cluster = re.compile(rf"\bON CLUSTER `?{re.escape(cluster)}`?\s")
-    assert [name for name, sql in formatted.items() if not on_cluster.search(sql)] == []
+    ddl = {name: sql for name, sql in formatted.items() if not name.startswith("INSERT ")}
+    assert [name for name, sql in ddl.items() if not on_cluster.search(sql)] == []
+    # The fills read and write the Distributed tables: every shard's minutes, spread again.
+    assert "FROM otel_red_1m\n" in formatted["INSERT otel_red_1h"] + "\n"
     # Distributed tables name the same cluster.
-    for table in [*TABLES, *ROLLUPS, *EDGES, *METRICS]:
+    for table in [*TABLES, *ROLLUPS, *HOURLY, *EDGES, *METRICS]:
         assert re.search(rf"ENGINE = Distributed\(`?{re.escape(cluster)}`?,", formatted[table])
 
 
@@ -527,7 +550,7 @@ def test_cluster_tables_holding_rows_are_replicated(cluster_ddl: dict[str, str],
         assert "{shard}" in cluster_ddl[local]
 
 
-@pytest.mark.parametrize("table", list(ROLLUPS))
+@pytest.mark.parametrize("table", [*ROLLUPS, *HOURLY])
 def test_cluster_rollups_are_replicated_aggregating_tables(cluster_ddl: dict[str, str], table):
     local = f"{table}_local"
     path = rf"'/clickhouse/tables/\{{shard\}}/[^']*\b{local}'"
@@ -566,6 +589,8 @@ def test_single_node_edges_are_a_replacing_table_versioned_by_version(migrated_d
         # Only the views write the rollups (into the local tables); any shard will do.
         ("otel_red_1m", "rand()"),
         ("otel_db_1m", "rand()"),
+        ("otel_red_1h", "rand()"),
+        ("otel_db_1h", "rand()"),
         # The worker inserts edges through the Distributed table; any shard will do.
         ("otel_edges_1m", "rand()"),
     ],
@@ -611,6 +636,16 @@ def test_cluster_rollup_views_read_local_spans_into_the_local_rollups(
     assert not re.search(rf"\b(FROM otel_traces|TO {rollup})\b(?!_local)", sql)
 
 
+@pytest.mark.parametrize(("rollup", "view_and_source"), list(HOURLY_VIEWS.items()))
+def test_cluster_hourly_views_read_the_local_minutes_into_the_local_hours(
+    cluster_ddl: dict[str, str], rollup: str, view_and_source: tuple[str, str]
+) -> None:
+    view, source = view_and_source
+    sql = cluster_ddl[view]
+    assert re.search(rf"\bTO {rollup}_local\b", sql), sql
+    assert re.search(rf"\bFROM {source}_local\b", sql), sql
+
+
 def test_single_node_statements_parse_and_have_no_cluster_parts(client: Any) -> None:
     formatted = {_created_name(s): _format(client, s) for s in all_statements(SchemaOptions())}
     assert list(formatted) == [
@@ -630,6 +665,12 @@ def test_single_node_statements_parse_and_have_no_cluster_parts(client: Any) -> 
         *METRICS,
         *INSIGHTS,
         *AUDIT,
+        "otel_red_1h",
+        "otel_red_1h_mv",
+        "otel_db_1h",
+        "otel_db_1h_mv",
+        "INSERT otel_red_1h",
+        "INSERT otel_db_1h",
     ]
     for name, sql in formatted.items():
         assert "ON CLUSTER" not in sql, name
@@ -658,7 +699,7 @@ def single_and_cluster(engine_url: str) -> Iterator[tuple[Any, Any]]:
         _drop_database(clustered, clustered_name)
 
 
-@pytest.mark.parametrize("table", [*TABLES, *ROLLUPS, *EDGES, *METRICS])
+@pytest.mark.parametrize("table", [*TABLES, *ROLLUPS, *HOURLY, *EDGES, *METRICS])
 def test_single_node_and_cluster_tables_have_the_same_columns(
     single_and_cluster: tuple[Any, Any], table: str
 ) -> None:
@@ -685,12 +726,12 @@ def _retention(traces: int, logs: int) -> SchemaOptions:
     return SchemaOptions(traces_retention_days=traces, logs_retention_days=logs)
 
 
-EXPIRING = [*TABLES, *ROLLUPS, *EDGES, *METRICS]
+EXPIRING = [*TABLES, *ROLLUPS, *HOURLY, *EDGES, *METRICS]
 
 
 def _expected_ttl(traces: int, logs: int) -> dict[str, tuple[str, int] | None]:
     """Rollups and metrics follow the traces retention."""
-    expiring = {**TABLES, **ROLLUPS, **EDGES, **METRICS}
+    expiring = {**TABLES, **ROLLUPS, **HOURLY, **EDGES, **METRICS}
     days = {t: logs if t == "otel_logs" else traces for t in expiring}
     return {t: (expiring[t], days[t]) if days[t] else None for t in expiring}
 

@@ -1,9 +1,14 @@
-"""What the readers of the minute rollups (``otel_red_1m``, ``otel_db_1m``) share: the minutes
-a time range covers, span kinds, and turning nanosecond aggregates into milliseconds.
+"""What the readers of the rollups (``otel_red_1m``/``_1h``, ``otel_db_1m``/``_1h``) share: the
+minutes a time range covers, reading it from both tiers, span kinds, and turning nanosecond
+aggregates into milliseconds.
 
 Rollup rows are whole minutes, so a range reads every minute it overlaps: from ``start``
 rounded down to ``end`` rounded up. Rates are per second of that window, and the current
 minute counts only up to now (it has not happened yet beyond that).
+
+A range of hours reads its whole hours from the hourly tables (migration 0013) and only the
+minutes before the first and after the last whole hour from the minute tables: a day is 24
+hourly rows per series instead of 1,440 (``RED_IN_WINDOW``, ``DB_IN_WINDOW``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 from tracehouse.query.params import TimeRange, invalid
 
 _MINUTE = 60
+_HOUR = 3600
 _NS_PER_MS = 1_000_000
 
 # For reading a window and its baseline in one pass: ``WITH {WINDOW_AND_BASELINE}`` names the
@@ -31,6 +37,39 @@ WINDOW_OR_BASELINE = """(
         (Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64}))
         OR (Minute >= fromUnixTimestamp({base_start:Int64})
             AND Minute < fromUnixTimestamp({base_end:Int64})))"""
+
+
+def _tiered(minute_table: str, hour_table: str, columns: str) -> str:
+    """A subquery with the rows of ``[start, end)`` (``MinuteWindow.parameters()``): whole
+    hours ``[hours_start, hours_end)`` from ``hour_table`` (its ``Hour`` as ``Minute``), the
+    other minutes from ``minute_table``. Readers aggregate it like the minute table."""
+    return f"""(
+    SELECT Minute, {columns}
+    FROM {minute_table}
+    WHERE Minute >= fromUnixTimestamp({{start:Int64}}) AND Minute < fromUnixTimestamp({{end:Int64}})
+      AND (Minute < fromUnixTimestamp({{hours_start:Int64}})
+           OR Minute >= fromUnixTimestamp({{hours_end:Int64}}))
+    UNION ALL
+    SELECT Hour AS Minute, {columns}
+    FROM {hour_table}
+    WHERE Hour >= fromUnixTimestamp({{hours_start:Int64}})
+      AND Hour < fromUnixTimestamp({{hours_end:Int64}})
+)"""
+
+
+RED_IN_WINDOW = _tiered(
+    "otel_red_1m",
+    "otel_red_1h",
+    "ServiceName, SpanName, Kind, Calls, Errors, DurationSum, DurationMin, DurationMax, "
+    "DurationQuantiles",
+)
+DB_IN_WINDOW = _tiered(
+    "otel_db_1m",
+    "otel_db_1h",
+    "ServiceName, DbSystem, DbNamespace, Fingerprint, NormalizedStatement, SampleStatement, "
+    "Calls, Errors, SlowCalls, SlowThresholdMs, DurationSum, DurationMax, DurationQuantiles, "
+    "ExemplarTraceIds, SlowestTraceId",
+)
 
 KINDS = ("server", "client", "producer", "consumer", "internal", "unspecified")
 # Spans that are requests a service handles: what a service's calls and latency count.
@@ -51,8 +90,14 @@ class MinuteWindow:
 
     def parameters(self) -> dict[str, int]:
         """``{start:Int64}`` and ``{end:Int64}``: epoch seconds of the first minute and of the
-        minute after the last one (``Minute >= start AND Minute < end``)."""
-        return {"start": int(self.start.timestamp()), "end": int(self.end.timestamp())}
+        minute after the last one (``Minute >= start AND Minute < end``); ``hours_start`` and
+        ``hours_end``: the whole hours inside, for the hourly tier (equal when there are none)."""
+        start, end = int(self.start.timestamp()), int(self.end.timestamp())
+        hours_start = -(-start // _HOUR) * _HOUR
+        hours_end = end // _HOUR * _HOUR
+        if hours_end <= hours_start:
+            hours_start = hours_end = start
+        return {"start": start, "end": end, "hours_start": hours_start, "hours_end": hours_end}
 
 
 def minute_window(time_range: TimeRange, now: dt.datetime | None = None) -> MinuteWindow:

@@ -221,8 +221,7 @@ def _with_previous(kind: str, columns: str, previous: str) -> str:
 
 
 # rate of a sum: per series, increase / seconds in each bucket; summed over the group.
-RATE_SQL = _sql(
-    """
+_RATE = """
 SELECT labels, bucket AS t, sum(series_increase / series_seconds) AS value
 FROM (
     SELECT labels, series, $bucket_ts AS bucket,
@@ -241,7 +240,9 @@ FROM (
 )
 GROUP BY labels, bucket
 ORDER BY labels, t
-LIMIT {max_rows:UInt64}""",
+LIMIT {max_rows:UInt64}"""
+RATE_SQL = _sql(
+    _RATE,
     points=_with_previous(
         "sum",
         "Value, AggregationTemporality AS temporality, IsMonotonic AS monotonic",
@@ -253,8 +254,7 @@ LIMIT {max_rows:UInt64}""",
 RATE_SQL = _as_series(RATE_SQL)
 
 # Histogram deltas per point, added per group and bucket (one row per bucket layout).
-HISTOGRAM_SQL = _sql(
-    """
+_LAYOUTS = """
 SELECT labels, bucket AS t, bounds,
        sumForEach(d_buckets) AS group_buckets, sum(d_count) AS group_count,
        sum(d_sum) AS group_sum, sum(seconds) AS group_seconds, max(Max) AS group_max,
@@ -274,9 +274,9 @@ FROM (
         WHERE $in_range AND (n > 1 OR temporality = 1 OR ($first_known))
     )
 )
-GROUP BY labels, bucket, bounds
-ORDER BY labels, t
-LIMIT {max_rows:UInt64}""",
+GROUP BY labels, bucket, bounds"""
+_HISTOGRAM_LAYOUTS = _sql(
+    _LAYOUTS,
     points=_with_previous(
         "histogram",
         "BucketCounts, ExplicitBounds AS bounds, Count, Sum, Min, Max, "
@@ -287,6 +287,58 @@ LIMIT {max_rows:UInt64}""",
     ),
     **_FRAGMENTS,
 )
+
+# The {level} quantile of one layout's summed bucket counts, as ``bucket_quantile`` computes
+# it (Prometheus' histogram_quantile): negative deltas count as 0; the rank falls in the first
+# bucket whose cumulative count reaches it; linear interpolation between the bucket's bounds
+# (the first bucket starts at 0, or at its bound when negative; the overflow bucket ends at
+# the largest Max seen, or the quantile is the last bound when Max does not pass it).
+_BUCKET_QUANTILE = """
+    arrayMap(c -> greatest(c, 0), group_buckets) AS cc,
+    arraySum(cc) AS total,
+    {level:Float64} * total AS rank,
+    arrayCumSum(cc) AS cum,
+    arrayFirstIndex((c, x) -> x > 0 AND c >= rank, cum, cc) AS i,
+    length(bounds) AS m,
+    i = m + 1 AS overflow,
+    if(overflow, bounds[m], if(i > 1, bounds[i - 1], least(0., bounds[i]))) AS lower,
+    if(overflow, group_max, bounds[i]) AS upper,
+    multiIf(total <= 0 OR length(group_buckets) != m + 1 OR i = 0, nan,
+            overflow AND NOT (m > 0 AND group_max > bounds[m]), if(m > 0, bounds[m], group_max),
+            lower + (upper - lower) * (rank - toFloat64(cum[i] - cc[i])) / cc[i]) AS q"""
+
+# Each group and bucket from its layouts' rows: quantiles from the layout holding the most
+# observations (several layouts in one group are rare), the other aggregations add up.
+_HISTOGRAM_SQL = """
+SELECT labels, t, $value AS value
+FROM (
+    SELECT labels, t, group_count, group_sum, group_seconds, group_max, group_min,
+           $quantile
+    FROM ($layouts)
+)
+GROUP BY labels, t
+ORDER BY labels, t
+LIMIT {max_rows:UInt64}"""
+_HISTOGRAM_VALUES: dict[Aggregation, str] = {
+    "p95": "argMax(q, group_count)",
+    "p99": "argMax(q, group_count)",
+    "avg": "if(sum(group_count) > 0, sum(group_sum) / sum(group_count), nan)",
+    "rate": "if(sum(group_seconds) > 0, sum(group_count) / sum(group_seconds), nan)",
+    "sum": "sum(group_sum)",
+    "max": "max(group_max)",
+    "min": "min(group_min)",
+}
+HISTOGRAM_SQL = {
+    agg: _as_series(
+        _sql(
+            _HISTOGRAM_SQL,
+            value=value,
+            quantile=_BUCKET_QUANTILE if agg in QUANTILES else "0 AS q",
+            layouts=_HISTOGRAM_LAYOUTS,
+        )
+    )
+    for agg, value in _HISTOGRAM_VALUES.items()
+}
 
 # Exponential histogram points of the window (deltas and merging are done in Python: bucket
 # indexes shift with the offset and the scale).
@@ -442,15 +494,17 @@ def query_series(client: Any, request: SeriesQuery) -> dict[str, Any]:
         raise MetricQueryError(
             "agg", f"{request.name!r} is a gauge: rate applies to sums and histograms"
         )
-    if kind in ("gauge", "sum"):
-        sql = RATE_SQL if agg == "rate" else LEVEL_SQL[(kind, agg)]
+    if kind in ("gauge", "sum", "histogram"):
+        if kind == "histogram":
+            sql = HISTOGRAM_SQL[agg]
+        else:
+            sql = RATE_SQL if agg == "rate" else LEVEL_SQL[(kind, agg)]
+        params = {**base, "level": QUANTILES.get(agg, 0.5)}
         grouped = {
             tuple(labels): [(t, v) for t, v in zip(times, values, strict=True) if math.isfinite(v)]
-            for labels, times, values in _rows(client, sql, base)
+            for labels, times, values in _rows(client, sql, params)
         }
         grouped = {k: v for k, v in grouped.items() if v}
-    elif kind == "histogram":
-        grouped = _group(_histogram_values(_rows(client, HISTOGRAM_SQL, base), agg))
     elif kind == "exponential_histogram":
         rows = _rows(client, EXPONENTIAL_SQL, base)
         grouped = _group(_exponential_values(rows, agg, base["from_ns"]))

@@ -1,8 +1,9 @@
 """Top-N application report (``GET /api/v1/reports/top``): the services, operations, SQL
 statements or failing operations that rank highest by latency, traffic, errors or time spent.
 
-Reads the minute rollups only, never raw spans: ``otel_red_1m`` for services, operations and
-errors, ``otel_db_1m`` for SQL fingerprints, ``otel_edges_1m`` for service-graph edges. The
+Reads the rollups only, never raw spans: ``otel_red_1m``/``_1h`` for services, operations and
+errors, ``otel_db_1m``/``_1h`` for SQL fingerprints (whole hours from the hourly tier),
+``otel_edges_1m`` for service-graph edges. The
 statement for each (entity, ranking) pair is built once when the module loads from fixed
 text; request values only ever reach ClickHouse as bound parameters.
 """
@@ -18,7 +19,9 @@ from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel
 
 from tracehouse.query._rollups import (
+    DB_IN_WINDOW,
     KIND_DESCRIPTION,
+    RED_IN_WINDOW,
     MinuteWindow,
     kinds,
     minute_window,
@@ -89,14 +92,11 @@ _AGGREGATES = """
     sum(DurationSum) AS total_ns,
     quantilesTDigestMerge(0.5, 0.95, 0.99)(DurationQuantiles) AS quantiles"""
 
-_WINDOW = "Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64})"
-
 _SERVICE_SQL = f"""
 SELECT
     ServiceName AS service,{_AGGREGATES}
-FROM otel_red_1m
-WHERE {_WINDOW}
-  AND has({{kinds:Array(String)}}, Kind)
+FROM {RED_IN_WINDOW}
+WHERE has({{kinds:Array(String)}}, Kind)
 GROUP BY ServiceName
 HAVING calls > 0
 ORDER BY __ORDER_BY__ DESC, calls DESC, service
@@ -108,9 +108,8 @@ SELECT
     ServiceName AS service,
     SpanName AS operation,
     Kind AS kind,{_AGGREGATES}
-FROM otel_red_1m
-WHERE {_WINDOW}
-  AND has({{kinds:Array(String)}}, Kind)
+FROM {RED_IN_WINDOW}
+WHERE has({{kinds:Array(String)}}, Kind)
 GROUP BY ServiceName, SpanName, Kind
 HAVING __HAVING__
 ORDER BY __ORDER_BY__ DESC, calls DESC, service, operation, kind
@@ -122,8 +121,7 @@ SELECT
     Fingerprint AS fingerprint,
     DbSystem AS db_system,
     any(NormalizedStatement) AS statement,{_AGGREGATES}
-FROM otel_db_1m
-WHERE {_WINDOW}
+FROM {DB_IN_WINDOW}
 GROUP BY Fingerprint, DbSystem
 HAVING calls > 0
 ORDER BY __ORDER_BY__ DESC, calls DESC, fingerprint, db_system
@@ -267,8 +265,8 @@ def router(client: Any) -> APIRouter:
         Ties are broken by more calls, then by the identifying columns. ``format=csv``
         returns the same rows as ``text/csv`` with a header row.
 
-        Read from the minute rollups (``otel_red_1m``, ``otel_db_1m``, ``otel_edges_1m``):
-        the range is widened to whole minutes (``start``/``end`` in the answer).
+        Read from the rollups (``otel_red_1m``/``_1h``, ``otel_db_1m``/``_1h``,
+        ``otel_edges_1m``): the range is widened to whole minutes (``start``/``end`` in the answer).
         """
         ranking: By = by if by is not None else DEFAULT_BY[entity]
         if ranking not in ALLOWED_BY[entity]:

@@ -1,8 +1,9 @@
 """Services and their operations: rate, errors and latency (``GET /api/v1/services``,
 ``GET /api/v1/services/{service}/operations``).
 
-Both read the minute rollup ``otel_red_1m`` only (migration 0004), never raw spans, so their
-cost depends on the number of services, operations and minutes, not on traffic. Through the
+Both read the rollups only (``otel_red_1m``, migration 0004, and for whole hours
+``otel_red_1h``, 0013), never raw spans, so their cost depends on the number of services,
+operations and hours, not on traffic. Through the
 ``Distributed`` table of cluster mode the shards' partial states are merged the same way.
 """
 
@@ -16,6 +17,7 @@ from pydantic import BaseModel
 
 from tracehouse.query._rollups import (
     KIND_DESCRIPTION,
+    RED_IN_WINDOW,
     MinuteWindow,
     kinds,
     minute_window,
@@ -27,24 +29,23 @@ from tracehouse.query.params import TimeRange, time_range
 
 # Every service seen in the window, with the rate, errors and latency of its spans of the
 # selected kinds (a service whose spans are all of other kinds is listed with 0 calls).
-SERVICES_SQL = """
+SERVICES_SQL = f"""
 SELECT
     ServiceName AS service,
-    sumIf(Calls, has({kinds:Array(String)}, Kind)) AS calls,
-    sumIf(Errors, has({kinds:Array(String)}, Kind)) AS errors,
-    sumIf(DurationSum, has({kinds:Array(String)}, Kind)) AS duration_sum,
-    minIf(DurationMin, has({kinds:Array(String)}, Kind)) AS duration_min,
-    maxIf(DurationMax, has({kinds:Array(String)}, Kind)) AS duration_max,
-    quantilesTDigestMergeIf(0.5, 0.95, 0.99)(DurationQuantiles, has({kinds:Array(String)}, Kind))
+    sumIf(Calls, has({{kinds:Array(String)}}, Kind)) AS calls,
+    sumIf(Errors, has({{kinds:Array(String)}}, Kind)) AS errors,
+    sumIf(DurationSum, has({{kinds:Array(String)}}, Kind)) AS duration_sum,
+    minIf(DurationMin, has({{kinds:Array(String)}}, Kind)) AS duration_min,
+    maxIf(DurationMax, has({{kinds:Array(String)}}, Kind)) AS duration_max,
+    quantilesTDigestMergeIf(0.5, 0.95, 0.99)(DurationQuantiles, has({{kinds:Array(String)}}, Kind))
         AS quantiles
-FROM otel_red_1m
-WHERE Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64})
+FROM {RED_IN_WINDOW}
 GROUP BY ServiceName
 ORDER BY ServiceName
 """
 
 # One service's operations (span name and kind), busiest first.
-OPERATIONS_SQL = """
+OPERATIONS_SQL = f"""
 SELECT
     SpanName AS operation,
     Kind AS kind,
@@ -54,10 +55,9 @@ SELECT
     min(DurationMin) AS duration_min,
     max(DurationMax) AS duration_max,
     quantilesTDigestMerge(0.5, 0.95, 0.99)(DurationQuantiles) AS quantiles
-FROM otel_red_1m
-WHERE ServiceName = {service:String}
-  AND Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64})
-  AND has({kinds:Array(String)}, Kind)
+FROM {RED_IN_WINDOW}
+WHERE ServiceName = {{service:String}}
+  AND has({{kinds:Array(String)}}, Kind)
 GROUP BY SpanName, Kind
 ORDER BY calls DESC, operation, kind
 """

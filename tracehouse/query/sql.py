@@ -1,8 +1,9 @@
 """Slow SQL: database statements grouped by fingerprint (``GET /api/v1/sql``).
 
-Reads the minute rollup ``otel_db_1m`` only (migration 0004): database calls per calling
-service, database system, namespace and SQL fingerprint, computed inside ClickHouse from
-``db.query.text``|``db.statement`` (docs/decisions/0005-sql-fingerprint.md).
+Reads the rollups ``otel_db_1m`` (migration 0004) and, for whole hours, ``otel_db_1h``
+(0013) only: database calls per calling service, database system, namespace and SQL
+fingerprint, computed inside ClickHouse from ``db.query.text``|``db.statement``
+(docs/decisions/0005-sql-fingerprint.md).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
-from tracehouse.query._rollups import minute_window, ms, quantiles_ms, rate
+from tracehouse.query._rollups import DB_IN_WINDOW, minute_window, ms, quantiles_ms, rate
 from tracehouse.query.params import TimeRange, time_range
 
 Sort = Literal["total", "p99", "calls", "slow", "errors"]
@@ -46,9 +47,8 @@ SELECT
     arraySort(groupUniqArray(ServiceName)) AS services,
     arraySort(groupUniqArrayMerge(5)(ExemplarTraceIds)) AS exemplar_trace_ids,
     argMaxMerge(SlowestTraceId) AS slowest_trace_id
-FROM otel_db_1m
-WHERE Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64})
-  AND ({service:String} = '' OR ServiceName = {service:String})
+FROM __DB_IN_WINDOW__
+WHERE ({service:String} = '' OR ServiceName = {service:String})
   AND ({db:String} = '' OR DbSystem = {db:String})
   AND ({namespace:String} = '' OR DbNamespace = {namespace:String})
 GROUP BY Fingerprint, DbSystem, DbNamespace
@@ -57,7 +57,8 @@ LIMIT {limit:UInt32}
 """
 
 STATEMENTS_SQL: dict[str, str] = {
-    sort: _STATEMENTS_SQL.replace("__ORDER_BY__", column) for sort, column in _ORDER_BY.items()
+    sort: _STATEMENTS_SQL.replace("__ORDER_BY__", column).replace("__DB_IN_WINDOW__", DB_IN_WINDOW)
+    for sort, column in _ORDER_BY.items()
 }
 
 

@@ -29,6 +29,8 @@ _TTL_COLUMNS = {
     "otel_red_1m": "Minute",
     "otel_db_1m": "Minute",
     "otel_edges_1m": "Minute",
+    "otel_red_1h": "Hour",
+    "otel_db_1h": "Hour",
     "otel_metrics_gauge": "toDateTime(TimeUnix)",
     "otel_metrics_sum": "toDateTime(TimeUnix)",
     "otel_metrics_histogram": "toDateTime(TimeUnix)",
@@ -39,6 +41,8 @@ _TTL_COLUMNS = {
 _ENGINES = {
     "otel_red_1m": "AggregatingMergeTree",
     "otel_db_1m": "AggregatingMergeTree",
+    "otel_red_1h": "AggregatingMergeTree",
+    "otel_db_1h": "AggregatingMergeTree",
     # Recomputed by the worker, newest Version wins (migration 0005).
     "otel_edges_1m": "ReplacingMergeTree",
 }

@@ -1,10 +1,10 @@
 """The service graph: ``GET /api/v1/topology``.
 
-Reads only the minute tables ``otel_edges_1m`` (edges, written by the worker's
-:class:`~tracehouse.topology.edges.EdgeBuilder`) and ``otel_red_1m`` (the services' own rate,
-errors and latency); never raw spans. Of each minute it keeps the rows of the latest
-recomputation (``Version``), as migration 0005 describes. The graph, the ``service``/``depth``
-neighbourhood and the layout are computed with networkx.
+Reads only the minute table ``otel_edges_1m`` (edges, written by the worker's
+:class:`~tracehouse.topology.edges.EdgeBuilder`) and the RED rollups ``otel_red_1m``/``_1h``
+(the services' own rate, errors and latency); never raw spans. Of each minute it keeps the
+rows of the latest recomputation (``Version``), as migration 0005 describes. The graph, the
+``service``/``depth`` neighbourhood and the layout are computed with networkx.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from tracehouse.query._rollups import (
     ENTRY_KINDS,
+    RED_IN_WINDOW,
     MinuteWindow,
     minute_window,
     ms,
@@ -86,16 +87,15 @@ ORDER BY node
 """
 
 # The services' entry spans (server and consumer), as /api/v1/services counts them.
-SERVICES_RED_SQL = """
+SERVICES_RED_SQL = f"""
 SELECT
     ServiceName AS node,
     sum(Calls) AS calls,
     sum(Errors) AS errors,
     quantilesTDigestMerge(0.5, 0.95, 0.99)(DurationQuantiles) AS quantiles
-FROM otel_red_1m
-WHERE Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64})
-  AND has({services:Array(String)}, ServiceName)
-  AND has({kinds:Array(String)}, Kind)
+FROM {RED_IN_WINDOW}
+WHERE has({{services:Array(String)}}, ServiceName)
+  AND has({{kinds:Array(String)}}, Kind)
 GROUP BY node
 ORDER BY node
 """
