@@ -31,6 +31,7 @@ import yaml
 from tests.alerting.receiver import Received, Receiver
 from tests.conftest import ServerFactory
 from tracehouse import storage
+from tracehouse.alerting import queries
 from tracehouse.alerting.diagnoses import InsightDiagnoses
 from tracehouse.alerting.rules import INSIGHT_WINDOW_S, Rule, RuleError, parse_rules_file
 from tracehouse.alerting.worker import AlertWorker
@@ -165,6 +166,33 @@ def test_a_slow_statement_behind_four_hops_fires_with_the_cause_first_then_resol
         i for i in InsightDetector(client, DETECT).run_once(detected_at) if i.service == frontend
     ]
     assert {(i.kind, i.operation) for i in raised} >= {("latency", None)}
+
+    # The rule's values: one per matching insight and label set.
+    def counts(filters: dict[str, str], group_by: list[str]) -> dict[Any, float]:
+        rule = Rule.model_validate(
+            {
+                "name": "count",
+                "kind": "insight",
+                "filters": {"service": frontend, **filters},
+                "group_by": group_by,
+            }
+        )
+        result = queries.run(client, rule, detected_at + dt.timedelta(seconds=5))
+        assert result.error is None
+        return {tuple(sorted(s.labels.items())): s.value for s in result.samples}
+
+    whole = [i for i in raised if i.operation is None]
+    assert counts({"operation": ""}, ["service"]) == {(("service", frontend),): len(whole)}
+    assert counts({}, ["service", "operation", "insight_kind"]) == {
+        tuple(
+            sorted(
+                {"service": frontend, "insight_kind": i.kind}.items()
+                | ({("operation", i.operation)} if i.operation else set())
+            )
+        ): 1.0
+        for i in raised
+    }
+    assert counts({"min_ratio": "1000"}, []) == {}
 
     path = rules_file(tmp_path, receiver, frontend)
     worker, at = worker_at(client, path, detected_at)
