@@ -7,6 +7,7 @@ run (docs/reliability.md)."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import random
@@ -16,13 +17,26 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from prometheus_client import REGISTRY
 
 from tests.conftest import DATA, ServerFactory, query
 from tests.ingest.otlp_factory import log_request, trace_request
 from tests.reliability.harness import stored_ids
 from tracehouse.app import Tracehouse
-from tracehouse.bench.fuzz import ALLOWED_STATUSES, JSON, PATHS, PROTO, make_case
+from tracehouse.bench.fuzz import (
+    ALLOWED_STATUSES,
+    HTTP_KINDS,
+    JSON,
+    PATHS,
+    PROTO,
+    Decoder,
+    _many_attributes_proto,
+    make_case,
+    route_of,
+    run_fuzz_bench,
+)
 from tracehouse.ingest.otlp_json import JsonDecodeError, parse_json
 from tracehouse.ingest.receiver import _REQUESTS
 from tracehouse.model import Signal
@@ -203,3 +217,63 @@ def test_request_clickhouse_cannot_parse_is_set_aside_not_retried_forever(
         app, "SELECT count() FROM otel_logs WHERE ServiceName = {s:String}", s=service_name
     )
     assert rows == [(3,)]
+
+
+# -- the bench's own machinery (tracehouse bench fuzz) --------------------------------------
+
+
+def test_hand_encoded_many_attributes_request_is_what_the_protobuf_runtime_builds() -> None:
+    trace_id, span_id = bytes(range(16)), bytes(range(8))
+    request = ExportTraceServiceRequest()
+    rs = request.resource_spans.add()
+    rs.resource.attributes.extend(
+        KeyValue(key=f"a{i}", value=AnyValue(int_value=i)) for i in range(1000)
+    )
+    span = rs.scope_spans.add().spans.add()
+    span.trace_id, span.span_id = trace_id, span_id
+    span.attributes.extend(rs.resource.attributes[:500])
+    assert _many_attributes_proto(1000, trace_id, span_id) == request.SerializeToString()
+
+
+@settings(FUZZ, max_examples=80)
+@given(seed=st.integers(min_value=0, max_value=2**32))
+def test_in_process_decoder_answers_as_the_http_endpoint(client: httpx.Client, seed: int) -> None:
+    """The bench sends most cases through ``Decoder`` instead of HTTP: it must give the
+    status the endpoint gives, and accept exactly what the endpoint accepts."""
+    case = make_case(random.Random(seed), LIMIT)
+    if case.kind in HTTP_KINDS:  # never routed to the decoder
+        assert route_of(case, 0.99, 0.1, 0.05) == "http"
+        return
+    status, payload = Decoder().decode(case)
+    assert status == str(_post(client, case.path, case.body, case.headers()))
+    assert (payload is not None) == (status == "200")
+
+
+def test_routes_keep_transport_kinds_on_http_and_grpc_to_protobuf() -> None:
+    rng = random.Random(5)
+    routes = {"http": 0, "grpc": 0, "decoder": 0}
+    for _ in range(400):
+        case = make_case(rng, LIMIT)
+        route = route_of(case, rng.random(), 0.1, 0.05)
+        routes[route] += 1
+        if case.kind in HTTP_KINDS:
+            assert route == "http"
+        if route == "grpc":
+            assert case.content_type == PROTO
+    assert min(routes.values()) > 0, routes
+
+
+def test_bench_fuzz_in_small_finds_nothing_and_stores_the_check_requests(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``tracehouse bench fuzz`` end to end against a child ``tracehouse serve``: every route
+    is used, no finding, the valid requests sent after the cases are stored."""
+    code = run_fuzz_bench(argparse.Namespace(cases=300, seed=3, progress=100))
+    out = capsys.readouterr().out
+    print(out)  # pytest -s
+    assert code == 0, out
+    assert "cases: 300 in" in out
+    for route in ("decoder 400", "http 413", "grpc INVALID_ARGUMENT"):
+        assert route in out, route
+    assert "FINDING" not in out
+    assert "lost=0, duplicated=0, unknown=0" in out

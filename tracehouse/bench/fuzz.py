@@ -17,17 +17,19 @@ derandomized sample of the same cases through hypothesis.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import http.client
 import json
 import random
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -88,7 +90,7 @@ def _any_value(rng: random.Random, depth: int = 0) -> AnyValue:
 
 def _text(rng: random.Random, length: int) -> str:
     alphabet = "aZ09 _-./\"'\\{}[]\n\t\u00e9\u4e2d\U0001f600\u0000"
-    return "".join(rng.choice(alphabet) for _ in range(length))
+    return "".join(rng.choices(alphabet, k=length))
 
 
 def _attributes(rng: random.Random, count: int) -> list[KeyValue]:
@@ -193,6 +195,33 @@ def _nested_any_value_proto(depth: int) -> bytes:
     return _field(1, _field(1, resource))  # request.resource_spans → ResourceSpans.resource
 
 
+@functools.lru_cache(maxsize=8)
+def _int_attributes(count: int, number: int) -> bytes:
+    """``count`` KeyValues ``a<i>`` = int ``i``, each as repeated field ``number``, encoded."""
+    out = []
+    for i in range(count):
+        value = _varint(3 << 3) + _varint(i)  # AnyValue.int_value
+        out.append(_field(number, _field(1, f"a{i}".encode()) + _field(2, value)))
+    return b"".join(out)
+
+
+def _many_attributes_proto(count: int, trace_id: bytes, span_id: bytes) -> bytes:
+    """A traces request whose resource has ``count`` attributes and whose one span has the
+    first half of them, encoded by hand: the same bytes ``SerializeToString`` gives (tested),
+    without building ``count`` messages in Python for every case."""
+    resource = _int_attributes(count, 1)  # Resource.attributes
+    span = _field(1, trace_id) + _field(2, span_id) + _int_attributes(count // 2, 9)
+    scope_spans = _field(2, span)  # ScopeSpans.spans
+    resource_spans = _field(1, resource) + _field(2, scope_spans)
+    return _field(1, resource_spans)  # request.resource_spans
+
+
+@functools.lru_cache(maxsize=4)
+def _gzip_bomb(limit: int) -> bytes:
+    """Gzip of ``limit + 1`` zero bytes (small on the wire, past the limit once inflated)."""
+    return gzip.compress(b"\0" * (limit + 1))
+
+
 def _mutate(rng: random.Random, original: bytes) -> bytes:
     data = bytearray(original)
     for _ in range(rng.randrange(1, 6)):
@@ -267,16 +296,9 @@ def make_case(rng: random.Random, max_request_bytes: int = 4 * 2**20) -> Case:
                 break
         return Case(kind, path, PROTO if body[:1] != b"{" else JSON, body)
     if kind == "many-attributes":
-        request = ExportTraceServiceRequest()
-        rs = request.resource_spans.add()
         count = rng.choice((1_000, 20_000, 100_000))
-        rs.resource.attributes.extend(
-            KeyValue(key=f"a{i}", value=AnyValue(int_value=i)) for i in range(count)
-        )
-        span = rs.scope_spans.add().spans.add()
-        span.trace_id, span.span_id = rng.randbytes(16), rng.randbytes(8)
-        span.attributes.extend(rs.resource.attributes[: count // 2])
-        return Case(kind, "/v1/traces", PROTO, request.SerializeToString())
+        body = _many_attributes_proto(count, rng.randbytes(16), rng.randbytes(8))
+        return Case(kind, "/v1/traces", PROTO, body)
     if kind == "huge-values":
         request = ExportTraceServiceRequest()
         rs = request.resource_spans.add()
@@ -324,7 +346,7 @@ def make_case(rng: random.Random, max_request_bytes: int = 4 * 2**20) -> Case:
         elif choice == 1:
             payload = gzip.compress(body)[: rng.randrange(5, 30)]  # truncated stream
         else:
-            payload = gzip.compress(b"\0" * (max_request_bytes + 1))  # a bomb past the limit
+            payload = _gzip_bomb(max_request_bytes)  # a bomb past the limit
         return Case(kind, path, PROTO, payload, "gzip")
     body = b"\0" * (max_request_bytes + 1)
     return Case("oversized", path, PROTO, body)
@@ -337,35 +359,169 @@ class FuzzResult:
     by_kind: Counter[tuple[str, str]]
     findings: list[str]
 
+    def add(self, n: int, case: Case, route: str, status: str) -> None:
+        """Count one answer (``route``: http, grpc or decoder); a bad one is a finding."""
+        self.cases += 1
+        self.outcomes[f"{route} {status}"] += 1
+        self.by_kind[(case.kind, f"{route} {status}")] += 1
+        if not _allowed(route, status) and len(self.findings) < 20:
+            self.findings.append(f"case {n} ({case.kind} {case.path} via {route}): {status}")
+
+
+def _allowed(route: str, status: str) -> bool:
+    if route == "grpc":
+        return status in ALLOWED_GRPC_CODES
+    return status.isdigit() and int(status) in ALLOWED_STATUSES
+
 
 def run_cases(
     send: Callable[[Case], int], cases: int, seed: int, max_request_bytes: int
 ) -> FuzzResult:
     """Send ``cases`` cases drawn from ``seed``; ``send`` returns the HTTP status."""
     rng = random.Random(seed)
-    outcomes: Counter[str] = Counter()
-    by_kind: Counter[tuple[str, str]] = Counter()
-    findings: list[str] = []
+    result = FuzzResult(0, Counter(), Counter(), [])
     for n in range(cases):
         case = make_case(rng, max_request_bytes)
         try:
             status = str(send(case))
         except (OSError, http.client.HTTPException) as exc:
             status = f"no answer ({type(exc).__name__})"
-        outcomes[status] += 1
-        by_kind[(case.kind, status)] += 1
-        bad = not status.isdigit() or int(status) not in ALLOWED_STATUSES
-        if bad and len(findings) < 20:
-            findings.append(f"case {n} ({case.kind} {case.path}): {status}")
-    return FuzzResult(cases, outcomes, by_kind, findings)
+        result.add(n, case, "http", status)
+    return result
 
 
-def _metric(text: str, name: str) -> float:
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name) and not line.startswith("#")
-    )
+# -- the bench: most cases through the decoders in this process, a share over the wire --------
+
+# gRPC status codes a hostile export may get (OTLP spec); INTERNAL or UNKNOWN is a finding.
+ALLOWED_GRPC_CODES = frozenset({"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE"})
+# Kinds about the HTTP layer (body limit, content types, gzip): always sent over HTTP.
+HTTP_KINDS = frozenset({"gzip", "oversized", "wrong-content-type"})
+# Kinds whose accepted requests differ only in random ids and sizes (so ClickHouse parses the
+# same structure every time) and cost the server most to store: their decoder cases are not
+# forwarded; their HTTP and gRPC share is stored as any accepted request is.
+SAME_SHAPE_KINDS = frozenset({"many-attributes", "huge-values"})
+_SIGNALS = {"/v1/traces": "traces", "/v1/logs": "logs", "/v1/metrics": "metrics"}
+_GRPC_METHODS = {
+    "/v1/traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    "/v1/logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+    "/v1/metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+}
+
+
+def route_of(case: Case, draw: float, http_share: float, grpc_share: float) -> str:
+    """Where a case goes: ``http``, ``grpc`` or ``decoder`` (``draw`` uniform in [0, 1))."""
+    if case.kind in HTTP_KINDS:
+        return "http"
+    if draw < http_share:
+        return "http"
+    if draw < http_share + grpc_share and case.content_type == PROTO:
+        return "grpc"
+    return "decoder"
+
+
+class _Collector:
+    """Stands in for the ingest pipeline behind an in-process ``OtlpReceiver``: keeps what the
+    receiver accepted, to be forwarded to the server in batches."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, list[bytes]] = {}
+        self.last: tuple[str, bytes] | None = None
+
+    def submit(self, signal: Any, payload: bytes, items: int, key: bytes | None = None) -> Any:
+        from concurrent.futures import Future
+
+        self.last = (str(signal.value), payload)
+        done: Future[None] = Future()
+        done.set_result(None)
+        return done
+
+
+class Decoder:
+    """The server's request handling up to the pipeline (``OtlpReceiver.submit``: decode,
+    validate, count, key), in this process. ``decode`` returns "200" or "400" like the HTTP
+    endpoint, or ``crash <Exception>`` for anything the endpoint would answer with a 500."""
+
+    def __init__(self, limits: Any = None) -> None:
+        from tracehouse.ingest.pipeline import IngestPipeline
+        from tracehouse.ingest.receiver import OtlpReceiver
+        from tracehouse.storage.otlp_sql import ItemLimits
+
+        self.collector = _Collector()
+        self.receiver = OtlpReceiver(
+            cast(IngestPipeline, self.collector), limits or ItemLimits(131_072)
+        )
+
+    def decode(self, case: Case) -> tuple[str, bytes | None]:
+        """The status and, when accepted, the protobuf payload the pipeline would store."""
+        from tracehouse.ingest.receiver import InvalidRequest
+        from tracehouse.model import Signal
+
+        encoding: Literal["proto", "json"] = "json" if case.content_type == JSON else "proto"
+        self.collector.last = None
+        try:
+            self.receiver.submit(Signal(_SIGNALS[case.path]), case.body, encoding)
+        except InvalidRequest:
+            return "400", None
+        except Exception as exc:  # any other exception is the finding
+            return f"crash {type(exc).__name__}: {str(exc)[:200]}", None
+        return "200", self.collector.last[1] if self.collector.last else None
+
+
+class _Wire:
+    """HTTP and gRPC clients to the server, one connection per sending thread."""
+
+    def __init__(self, http_port: int, grpc_port: int) -> None:
+        import grpc
+
+        self.http_port = http_port
+        self._local = threading.local()
+        self._channel = grpc.insecure_channel(
+            f"127.0.0.1:{grpc_port}",
+            options=[("grpc.max_send_message_length", 64 * 2**20)],
+        )
+        self._grpc_error = grpc.RpcError
+
+    def http(self, path: str, body: bytes, headers: dict[str, str]) -> str:
+        # A keep-alive connection the server closed while idle: send once more on a new one.
+        for attempt in range(2):
+            conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+            fresh = conn is None
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=120)
+                self._local.conn = conn
+            try:
+                conn.request("POST", path, body, headers)
+                response = conn.getresponse()
+                response.read()
+                if response.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    self._local.conn = None
+                return str(response.status)
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                self._local.conn = None
+                if fresh or attempt:
+                    return f"no answer ({type(exc).__name__})"
+        raise AssertionError("unreachable")
+
+    def grpc(self, path: str, body: bytes) -> str:
+        call = self._channel.unary_unary(
+            _GRPC_METHODS[path], request_serializer=None, response_deserializer=None
+        )
+        try:
+            call(body, timeout=120)
+        except self._grpc_error as exc:
+            return str(exc.code().name)
+        return "OK"
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def _rss(pid: int | None = None) -> int:
+    import psutil
+
+    return int(psutil.Process(pid).memory_info().rss)
 
 
 def run_fuzz_bench(args: argparse.Namespace) -> int:
@@ -378,59 +534,96 @@ def run_fuzz_bench(args: argparse.Namespace) -> int:
     os.environ["TRACEHOUSE_MAX_REQUEST_BYTES"] = str(limit)
     with tempfile.TemporaryDirectory(prefix="tracehouse-fuzz-") as tmp:
         server = _Server(Path(tmp))
-        conn: list[http.client.HTTPConnection] = []
-
-        def send(case: Case) -> int:
-            # A keep-alive connection left idle past the server's timeout (building a large
-            # case takes seconds) is closed by the server: send once more on a new one.
-            for attempt in range(2):
-                fresh = not conn
-                if fresh:
-                    conn.append(
-                        http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
-                    )
-                try:
-                    conn[0].request("POST", case.path, case.body, case.headers())
-                    response = conn[0].getresponse()
-                    response.read()
-                    return response.status
-                except (OSError, http.client.HTTPException):
-                    conn.pop().close()
-                    if fresh or attempt:
-                        raise
-            raise AssertionError("unreachable")
-
         try:
-            return _fuzz_server(args, server, send, limit, Path(tmp))
+            return _fuzz_server(args, server, limit, Path(tmp))
         finally:
             if server.process.poll() is None:
                 server.stop()
 
 
-def _fuzz_server(
-    args: argparse.Namespace, server: Any, send: Callable[[Case], int], limit: int, tmp: Path
-) -> int:
+def _fuzz_server(args: argparse.Namespace, server: Any, limit: int, tmp: Path) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     from tracehouse.bench.soak import LoadGenerator, stored_ids_from_engine, verdict
 
+    http_share = float(getattr(args, "http_share", 0.1))
+    grpc_share = float(getattr(args, "grpc_share", 0.05))
+    concurrency = int(getattr(args, "concurrency", 4))
     started = time.perf_counter()
+    server_rss_start, bench_rss_start = _rss(server.process.pid), _rss()
+    bench_peak = bench_rss_start
     result = FuzzResult(0, Counter(), Counter(), [])
-    done = 0
-    while done < args.cases:
-        step = min(args.progress, args.cases - done)
-        part = run_cases(send, step, args.seed + done, limit)
-        result.cases += part.cases
-        result.outcomes += part.outcomes
-        result.by_kind += part.by_kind
-        result.findings += part.findings[: 20 - len(result.findings)]
-        done += step
-        alive = server.process.poll() is None
-        print(
-            f"{done:>8,} cases, {time.perf_counter() - started:7.0f} s, "
-            f"peak RSS {server._peak / 2**20:.0f} MiB, server {'up' if alive else 'DEAD'}",
-            flush=True,
-        )
-        if not alive:
-            break
+    lock = threading.Lock()
+    wire = _Wire(server.http_port, server.grpc_port)
+    decoder = Decoder()
+    pending: dict[str, list[bytes]] = {path: [] for path in PATHS}
+    forwarded = Counter[str]()
+    not_forwarded = 0
+    slots = threading.BoundedSemaphore(2 * concurrency)  # cases in flight: memory stays bounded
+    pool = ThreadPoolExecutor(concurrency, thread_name_prefix="fuzz-send")
+
+    def send(n: int, case: Case, route: str) -> None:
+        try:
+            if route == "grpc":
+                status = wire.grpc(case.path, case.body)
+            else:
+                status = wire.http(case.path, case.body, case.headers())
+            with lock:
+                result.add(n, case, route, status)
+        finally:
+            slots.release()
+
+    def forward(path: str, payloads: list[bytes]) -> None:
+        # Concatenated protobuf messages parse as one with every repeated field joined.
+        body = b"".join(payloads)
+        status = wire.http(path, body, {"Content-Type": PROTO})
+        with lock:
+            forwarded[status] += len(payloads)
+            if status != "200" and len(result.findings) < 20:
+                result.findings.append(f"forwarded batch of {len(payloads)} to {path}: {status}")
+
+    def flush(path: str) -> None:
+        payloads, pending[path] = pending[path], []
+        if payloads:
+            slots.acquire()
+            pool.submit(lambda: _release_after(slots, forward, path, payloads))
+
+    rng = random.Random(args.seed)
+    routes = random.Random(args.seed ^ 0x5EED)
+    for n in range(args.cases):
+        case = make_case(rng, limit)
+        route = route_of(case, routes.random(), http_share, grpc_share)
+        if route == "decoder":
+            status, payload = decoder.decode(case)
+            with lock:
+                result.add(n, case, route, status)
+            if payload is not None and (case.kind in SAME_SHAPE_KINDS or len(payload) > limit):
+                not_forwarded += 1
+            elif payload is not None:
+                # Flush first when this one would take the batch past the server's limit.
+                if sum(map(len, pending[case.path])) + len(payload) > limit:
+                    flush(case.path)
+                pending[case.path].append(payload)
+        else:
+            slots.acquire()
+            pool.submit(send, n, case, route)
+        if (n + 1) % args.progress == 0 or n + 1 == args.cases:
+            bench_peak = max(bench_peak, _rss())
+            alive = server.process.poll() is None
+            print(
+                f"{n + 1:>8,} cases, {time.perf_counter() - started:7.0f} s, server RSS "
+                f"{_rss(server.process.pid) / 2**20 if alive else 0:.0f} MiB "
+                f"(peak {server._peak / 2**20:.0f}), bench RSS {_rss() / 2**20:.0f} MiB, "
+                f"server {'up' if alive else 'DEAD'}",
+                flush=True,
+            )
+            if not alive:
+                break
+    for path in PATHS:
+        flush(path)
+    pool.shutdown(wait=True)
+    wire.close()
+    elapsed = time.perf_counter() - started
     check = LoadGenerator(server.http_port, "fuzz-check", batch=10, concurrency=1)
     check.run_for(1.0)
     server.wait_inserted()
@@ -438,15 +631,30 @@ def _fuzz_server(
     conn_api.request("GET", "/metrics")
     metrics_text = conn_api.getresponse().read().decode()
     refused = _metric(metrics_text, "tracehouse_ingest_spool_refused_items_total")
+    server_rss_end = _rss(server.process.pid)
     peak = server.stop()
     check_verdict = verdict(check.stats, stored_ids_from_engine(tmp, "fuzz-check"))
-    print(f"\ncases: {result.cases:,} in {time.perf_counter() - started:.0f} s")
+    print(
+        f"\ncases: {result.cases:,} in {elapsed:.0f} s "
+        f"({elapsed / max(result.cases, 1) * 1000:.1f} ms each)"
+    )
     by_status = ", ".join(f"{k}: {v:,}" for k, v in sorted(result.outcomes.items()))
-    print(f"outcomes by status: {by_status}")
+    print(f"outcomes by route and status: {by_status}")
     print("by kind:")
     for (kind, status), n in sorted(result.by_kind.items()):
-        print(f"  {kind:<20} {status:>5} {n:>8,}")
-    print(f"server peak RSS: {peak / 2**20:.0f} MiB")
+        print(f"  {kind:<20} {status:>24} {n:>8,}")
+    print(
+        f"accepted decoder cases forwarded to the server, by status: {dict(forwarded)}; "
+        f"not forwarded ({', '.join(sorted(SAME_SHAPE_KINDS))}): {not_forwarded:,}"
+    )
+    print(
+        f"server RSS: start {server_rss_start / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB, "
+        f"end {server_rss_end / 2**20:.0f} MiB"
+    )
+    print(
+        f"bench (decoder) RSS: start {bench_rss_start / 2**20:.0f} MiB, "
+        f"peak {bench_peak / 2**20:.0f} MiB, end {_rss() / 2**20:.0f} MiB"
+    )
     print(f"acknowledged items ClickHouse refused (set aside): {refused:.0f}")
     print(f"valid requests after the run: {check_verdict}")
     for finding in result.findings:
@@ -454,3 +662,20 @@ def _fuzz_server(
     ok = not result.findings and check_verdict.ok and check_verdict.acked > 0
     print("OK" if ok else "FAILED")
     return 0 if ok else 1
+
+
+def _release_after(
+    slots: threading.BoundedSemaphore, work: Callable[..., None], *args: Any
+) -> None:
+    try:
+        work(*args)
+    finally:
+        slots.release()
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
