@@ -614,7 +614,7 @@ def _fuzz_server(args: argparse.Namespace, server: Any, limit: int, tmp: Path) -
                 f"{n + 1:>8,} cases, {time.perf_counter() - started:7.0f} s, server RSS "
                 f"{_rss(server.process.pid) / 2**20 if alive else 0:.0f} MiB "
                 f"(peak {server._peak / 2**20:.0f}), bench RSS {_rss() / 2**20:.0f} MiB, "
-                f"server {'up' if alive else 'DEAD'}",
+                f"server {'up' if alive else 'DEAD'}; {_bad_answers(result)}",
                 flush=True,
             )
             if not alive:
@@ -662,6 +662,13 @@ def _fuzz_server(args: argparse.Namespace, server: Any, limit: int, tmp: Path) -
     ok = not result.findings and check_verdict.ok and check_verdict.acked > 0
     print("OK" if ok else "FAILED")
     return 0 if ok else 1
+
+
+def _bad_answers(result: FuzzResult) -> str:
+    """The answers so far that are findings (5xx, no answer, a crash), for progress lines."""
+    bad = sum(n for key, n in result.outcomes.items() if not _allowed(*key.split(" ", 1)))
+    fivexx = sum(n for key, n in result.outcomes.items() if key.split(" ", 1)[1][:1] == "5")
+    return f"5xx {fivexx} (503 allowed), findings {bad}"
 
 
 def _release_after(
