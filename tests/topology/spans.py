@@ -124,5 +124,5 @@ def edges(app: Tracehouse, run: Run) -> dict[tuple[str, str, str], dict[str, Any
     return {
         (row["source"], row["target"], row["type"]): row
         for row in rows
-        if run.suffix in row["source"] or run.suffix in row["target"]
+        if not row["per_target"] and (run.suffix in row["source"] or run.suffix in row["target"])
     }

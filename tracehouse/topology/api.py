@@ -56,11 +56,15 @@ def latest_edges(minutes: str = _IN_WINDOW) -> str:
 
 _LATEST_EDGES = latest_edges()
 
+# Edges, and in the same pass (a second grouping set) each target per connection type: for
+# virtual peers (no RED rows of their own) that is their latency as their callers saw it.
+# ``per_target`` is 1 on those rows (their ``source`` is empty).
 EDGES_SQL = f"""
 SELECT
     Source AS source,
     Target AS target,
     ConnectionType AS type,
+    grouping(Source) AS per_target,
     sum(Calls) AS calls,
     sum(Errors) AS errors,
     quantilesTDigestMerge(0.5, 0.95, 0.99)(ClientLatency) AS client_quantiles,
@@ -69,21 +73,8 @@ SELECT
     sum(ServerDurationSum) AS server_total_ns
 FROM ({_LATEST_EDGES})
 WHERE Version = LatestVersion
-GROUP BY source, target, type
-ORDER BY source, target, type
-"""
-
-# Virtual peers (no RED rows of their own): latency as their callers saw it.
-PEERS_SQL = f"""
-SELECT
-    Target AS node,
-    sum(Calls) AS calls,
-    sum(Errors) AS errors,
-    quantilesTDigestMerge(0.5, 0.95, 0.99)(ClientLatency) AS quantiles
-FROM ({_LATEST_EDGES})
-WHERE Version = LatestVersion AND ConnectionType IN {{virtual:Array(String)}}
-GROUP BY node
-ORDER BY node
+GROUP BY GROUPING SETS ((Source, Target, ConnectionType), (Target, ConnectionType))
+ORDER BY per_target, source, target, type
 """
 
 # The services' entry spans (server and consumer), as /api/v1/services counts them.
@@ -241,7 +232,9 @@ def build(
 ) -> tuple[list[Node], list[Edge]]:
     """Nodes and edges of the window, restricted to ``service``'s neighbourhood if given."""
     parameters = window.parameters()
-    edges = [_edge(row) for row in _rows(client, EDGES_SQL, parameters)]
+    rows = _rows(client, EDGES_SQL, parameters)
+    edges = [_edge(row) for row in rows if not row["per_target"]]
+    into = {(row["target"], row["type"]): row for row in rows if row["per_target"]}
     graph = nx.DiGraph()
     graph.add_edges_from((e.source, e.target) for e in edges)
     if service is not None:
@@ -255,11 +248,10 @@ def build(
     if services:
         red = {**parameters, "services": services, "kinds": list(ENTRY_KINDS)}
         stats.update({r["node"]: r for r in _rows(client, SERVICES_RED_SQL, red)})
-    if any(t in _VIRTUAL_TYPES for t in types.values()):
-        peers = {**parameters, "virtual": list(_VIRTUAL_TYPES)}
-        for row in _rows(client, PEERS_SQL, peers):
-            if types.get(row["node"]) in _VIRTUAL_TYPES:
-                stats[row["node"]] = row
+    for name, node_type in types.items():
+        if node_type in _VIRTUAL_TYPES and (name, node_type) in into:
+            row = into[(name, node_type)]
+            stats[name] = {**row, "quantiles": row["client_quantiles"]}
     user_edges = [e for e in edges if e.type == "user"]
     if user_edges:
         stats[USER_NODE] = {
