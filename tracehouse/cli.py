@@ -119,6 +119,12 @@ def _cmd_bench_query(args: argparse.Namespace) -> int:
     return run_query_bench(args)
 
 
+def _cmd_bench_metrics(args: argparse.Namespace) -> int:
+    from tracehouse.bench.metrics import run_metrics_bench
+
+    return run_metrics_bench(args)
+
+
 def _cmd_bench_diagnosis(args: argparse.Namespace) -> int:
     from tracehouse.bench.diagnosis import run_diagnosis_bench
 
@@ -286,6 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_query.add_argument("--markdown", action="store_true", help="also print Markdown")
     bench_query.set_defaults(func=_cmd_bench_query)
+    bench_metrics = bench_sub.add_parser(
+        "metrics", help="OTLP metric points/s ingested, and 1 h metric query latency"
+    )
+    bench_metrics.add_argument("--points", type=int, default=1_000_000, help="points to send")
+    bench_metrics.add_argument("--series", type=int, default=1000, help="instances sending")
+    bench_metrics.add_argument("--batch", type=int, default=1000, help="points per request")
+    bench_metrics.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    bench_metrics.add_argument(
+        "--transport", choices=["grpc", "http", "both", "none"], default="both"
+    )
+    bench_metrics.add_argument(
+        "--query-series", type=int, default=1000, help="series per type to query (0: none)"
+    )
+    bench_metrics.add_argument("--runs", type=int, default=5, help="timed runs per query")
+    bench_metrics.add_argument("--markdown", action="store_true", help="also print Markdown")
+    bench_metrics.set_defaults(func=_cmd_bench_metrics)
     bench_diagnosis = bench_sub.add_parser(
         "diagnosis", help="rank of the true cause over simulated incidents, and diagnosis latency"
     )
