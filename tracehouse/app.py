@@ -13,12 +13,15 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import uvicorn
-from fastapi import FastAPI
+from clickhouse_connect.driver.exceptions import OperationalError
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 
 from tracehouse import __version__, ingest, storage
 from tracehouse.access import (
@@ -36,7 +39,9 @@ from tracehouse.config import Settings
 from tracehouse.dashboards import ui_router
 from tracehouse.diagnosis import InsightSettings, InsightWorker, diagnosis_router
 from tracehouse.ingest import IngestPipeline, OtlpReceiver, PipelineLimits, Sink, Spool
+from tracehouse.model import Signal
 from tracehouse.query import SlowServiceDefaults, health_router, jaeger_router, read_router
+from tracehouse.storage.client import LazyClient, is_unreachable, unreachable_reason
 from tracehouse.storage.lease import (
     AlwaysLeader,
     JobFactory,
@@ -85,6 +90,14 @@ class Tracehouse:
         self.leader: LeaderElector | None = None  # with leader election (see config)
         self._lease_client: Any = None
         self._gate: LeaderGate | None = None
+        # Set once the server answered, its version is fine and auto-migrations are applied;
+        # until then inserts wait (the data is in the spool) and the worker jobs do not run.
+        self._storage_ready = threading.Event()
+        self._storage_error: BaseException | None = None  # why not ready, while it is not
+        self._stopping = threading.Event()
+        self._starter: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._quiet = _QuietConnectionErrors()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -102,13 +115,23 @@ class Tracehouse:
         self.access = (
             AccessControl.from_file(s.access_file) if s.access_file else AccessControl.open()
         )
-        self.client = storage.connect(s.resolved_clickhouse_url, s.cluster)
-        storage.require_version(self.client)
-        if s.auto_migrate:
-            applied = storage.Migrator(self.client, self.schema_options()).migrate()
-            if applied:
-                log.info("schema migrations applied: %s", ", ".join(applied))
-        self._migrated = not storage.Migrator(self.client, self.schema_options()).pending()
+        self.client = self._connect()
+        if not s.embedded:
+            self._quiet.attach()  # until the server answered (_storage_became_ready)
+        try:
+            self._prepare_storage()
+        except Exception as exc:
+            if s.embedded or not is_unreachable(exc):
+                raise
+            # A server URL that does not answer yet: come up anyway (ingest accepts into the
+            # spool) and keep trying in the background (docs/decisions/0017, point 8).
+            self._storage_error = exc
+            log.warning(
+                "ClickHouse at %s unreachable at start (%s); ingest accepting into the spool, "
+                "migrations and inserts wait until it answers",
+                _redact(s.resolved_clickhouse_url),
+                unreachable_reason(exc),
+            )
 
         # Bind every port first, so a busy port fails the start before anything runs.
         api_socket = _bind(s.host, s.api_port)
@@ -123,10 +146,16 @@ class Tracehouse:
         self._serve_asgi(apps)
         if "worker" in s.roles:
             # Its own client: a recomputation must not queue API queries behind it.
-            self._edges_client = storage.connect(s.resolved_clickhouse_url, s.cluster)
-            self._alerting_client = storage.connect(s.resolved_clickhouse_url, s.cluster)
-            self._insights_client = storage.connect(s.resolved_clickhouse_url, s.cluster)
-            self._start_worker()
+            self._edges_client = self._connect()
+            self._alerting_client = self._connect()
+            self._insights_client = self._connect()
+        if self._storage_error is None:
+            self._storage_became_ready()
+        else:
+            self._starter = threading.Thread(
+                target=self._prepare_storage_until_done, name="storage-start", daemon=True
+            )
+            self._starter.start()
         log.info(
             "tracehouse %s up: roles=%s storage=%s grpc=%s http=%s api=%s",
             __version__,
@@ -143,6 +172,12 @@ class Tracehouse:
         Requests in flight wait on the pipeline, so it is flushed before the servers are
         waited for: every request accepted before the stop gets its answer.
         """
+        with self._start_lock:  # the background start starts nothing from now on
+            self._stopping.set()
+        if self._starter is not None:
+            self._starter.join(grace_s + 5)
+            self._starter = None
+        self._quiet.detach()
         if self._gate is not None:
             self._gate.stop(grace_s)  # the jobs first, then the lease is handed back
             self._gate = None
@@ -185,6 +220,54 @@ class Tracehouse:
 
     def schema_options(self) -> storage.SchemaOptions:
         return self.settings.schema_options()
+
+    # -- start sequence ----------------------------------------------------------------------
+
+    def _connect(self) -> Any:
+        """A client for the configured URL: the embedded engine at once, a server's on first
+        use (``LazyClient``), so that nothing at start needs the server to answer."""
+        s = self.settings
+        if s.embedded:
+            return storage.connect(s.resolved_clickhouse_url, s.cluster)
+        return LazyClient(lambda: storage.connect(s.resolved_clickhouse_url, s.cluster))
+
+    def _prepare_storage(self) -> None:
+        """Check the server's version and apply pending migrations (with ``auto_migrate``)."""
+        storage.require_version(self.client)
+        if self.settings.auto_migrate:
+            applied = storage.Migrator(self.client, self.schema_options()).migrate()
+            if applied:
+                log.info("schema migrations applied: %s", ", ".join(applied))
+        self._migrated = not storage.Migrator(self.client, self.schema_options()).pending()
+
+    def _prepare_storage_until_done(self) -> None:
+        """The background half of a start without ClickHouse: retry ``_prepare_storage`` every
+        ``insert_retry_interval_s`` until it succeeds, then let inserts and the worker run.
+        Logs when the state changes, not at every attempt."""
+        while not self._stopping.wait(self.settings.insert_retry_interval_s):
+            try:
+                self._prepare_storage()
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    log.error("ClickHouse answers but cannot be used: %s", exc)
+                self._storage_error = exc
+                continue
+            log.info(
+                "ClickHouse at %s reachable, schema current: inserting what the spool holds",
+                _redact(self.settings.resolved_clickhouse_url),
+            )
+            self._storage_became_ready()
+            return
+
+    def _storage_became_ready(self) -> None:
+        with self._start_lock:
+            if self._stopping.is_set():
+                return
+            self._storage_error = None
+            self._storage_ready.set()
+            self._quiet.detach()
+            if "worker" in self.settings.roles:
+                self._start_worker()
 
     @property
     def edges(self) -> EdgeWorker | None:
@@ -244,7 +327,7 @@ class Tracehouse:
         s = self.settings
         leadership: Leadership = AlwaysLeader()
         if s.resolved_leader_election:
-            self._lease_client = storage.connect(s.resolved_clickhouse_url, s.cluster)
+            self._lease_client = self._connect()
             store = make_store(s.resolved_leader_store, self._lease_client, s.cluster)
             self.leader = LeaderElector(
                 store,
@@ -260,10 +343,10 @@ class Tracehouse:
     def _start_ingest(self) -> Any:
         s = self.settings
         if self._sink_override is not None:
-            sink = self._sink_override
+            sink: Sink = self._sink_override
         else:
             self._writer = storage.ClickHouseWriter(
-                lambda: storage.connect(s.resolved_clickhouse_url, s.cluster),
+                self._connect,
                 embedded=s.embedded,
                 max_value_length=s.max_attribute_value_length,
                 pool_size=2 * s.ingest_writers,
@@ -281,7 +364,8 @@ class Tracehouse:
             dedup_max_entries=s.dedup_max_entries,
             writers_per_signal=s.ingest_writers,
         )
-        self.pipeline = IngestPipeline(sink, spool, limits)
+        gated = _AfterStorageReady(sink, self._storage_ready, self._stopping)
+        self.pipeline = IngestPipeline(gated, spool, limits)
         self.pipeline.start()
         receiver = OtlpReceiver(self.pipeline, s.item_limits())
         self._grpc = ingest.create_grpc_server(
@@ -321,11 +405,23 @@ class Tracehouse:
                 allow_methods=["*"],
                 allow_headers=["authorization", "content-type"],
             )
+        app.add_exception_handler(OperationalError, self._storage_unavailable)
         # Outermost: tokens, roles, scope, audit of changes, security headers.
         app.add_middleware(ApiAccess, access=self.access, audit=AuditLog(self.client))
         return app
 
+    async def _storage_unavailable(self, request: Request, exc: Exception) -> JSONResponse:
+        """A query while ClickHouse cannot be reached: 503 with the reason, not a 500."""
+        return JSONResponse(
+            {"detail": f"{self._unreachable_reason(exc)}; retry later"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
     def _readiness(self) -> str | None:
+        error = self._storage_error
+        if error is not None and not self._storage_ready.is_set():
+            return self._unreachable_reason(error)
         if not self._migrated and self.client is not None:
             # Another process (`tracehouse migrate`, a Kubernetes Job) may have applied the
             # migrations since this one started: look again until it has.
@@ -337,10 +433,16 @@ class Tracehouse:
         try:
             self.client.command("SELECT 1")
         except Exception as exc:
-            return f"ClickHouse unreachable: {exc}"
+            return self._unreachable_reason(exc)
         if self.pipeline is not None and self.pipeline.degraded:
             return "ClickHouse inserts failing; ingest keeps accepting into the spool"
         return None
+
+    def _unreachable_reason(self, exc: BaseException) -> str:
+        reason = f"ClickHouse unreachable: {unreachable_reason(exc)}"
+        if "ingest" in self.settings.roles:
+            reason += "; ingest accepting into the spool"
+        return reason
 
     def _schema_is_current(self) -> bool:
         try:
@@ -369,6 +471,42 @@ class Tracehouse:
             if time.monotonic() > deadline or not self._asgi.thread.is_alive():
                 raise RuntimeError("HTTP servers did not start")
             time.sleep(0.01)
+
+
+class _QuietConnectionErrors(logging.Filter):
+    """Drops the warnings urllib3 and clickhouse-connect log at every failed connection, while
+    attached: between a start without ClickHouse and its first answer, the state is logged
+    once by tracehouse, not at every retry (and every API request) by the HTTP client."""
+
+    LOGGERS = ("urllib3.connectionpool", "clickhouse_connect.driver._backend.http_sync")
+
+    def attach(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+
+    def detach(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
+
+
+class _AfterStorageReady:
+    """The sink, once storage is ready: until then an insert waits (what it would insert is
+    acknowledged and in the spool), so nothing is inserted into tables not yet created. At stop
+    it gives up waiting, and the data stays in the spool for the next start."""
+
+    def __init__(self, sink: Sink, ready: threading.Event, stopping: threading.Event) -> None:
+        self._sink = sink
+        self._ready = ready
+        self._stopping = stopping
+
+    def insert(self, signal: Signal, files: list[Path], dedup_token: str | None = None) -> None:
+        while not self._ready.wait(0.2):
+            if self._stopping.is_set():
+                raise ConnectionError("ClickHouse not reached since the start; kept in the spool")
+        self._sink.insert(signal, files, dedup_token)
 
 
 def _bind(host: str, port: int) -> socket.socket:

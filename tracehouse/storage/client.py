@@ -7,12 +7,15 @@ URL is created if it does not exist yet.
 
 from __future__ import annotations
 
+import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
+from clickhouse_connect.driver.exceptions import OperationalError
 
 _embedded_lock = threading.Lock()
 # Inline Protobuf schemas (format_schema_source) and oneof presence, which the OTLP insert
@@ -64,3 +67,58 @@ def require_version(client: Any) -> str:
             "(inline Protobuf schemas for OTLP inserts)"
         )
     return version
+
+
+class LazyClient:
+    """A client of a ClickHouse server that connects on first use, so that a process can start
+    while the server is unreachable (ingest accepts into its spool meanwhile).
+
+    Every attribute is the connected client's; while the server cannot be reached, using one
+    raises the connection error (an ``OperationalError``, see ``is_unreachable``) and the next
+    use tries again. ``close()`` before any connection does nothing.
+    """
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    def _get(self) -> Any:
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._connect()
+                client = self._client
+        return client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the ClickHouse server could not be reached or failed in transit
+    (worth retrying later), as opposed to a refused query or a bad configuration."""
+    return isinstance(exc, OperationalError | OSError)
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\][^)'\"]*")
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """A short form of a connection error (clickhouse-connect's message holds the whole URL
+    and retry history): the OS error when there is one, e.g. ``[Errno 111] Connection
+    refused``."""
+    text = str(exc)
+    match = _ERRNO.search(text)
+    return match.group(0).strip() if match else text[:200]
