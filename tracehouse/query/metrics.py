@@ -85,7 +85,9 @@ _WHERE = _sql(
     """MetricName = {name:String}
   AND TimeUnix >= fromUnixTimestamp64Nano({from_ns:Int64})
   AND TimeUnix < fromUnixTimestamp64Nano({end_ns:Int64})
-  AND arrayAll((k, v) -> $label = v, {filter_keys:Array(String)}, {filter_values:Array(String)})""",
+  AND (empty({filter_keys:Array(String)})
+       OR arrayAll((k, v) -> $label = v,
+                   {filter_keys:Array(String)}, {filter_values:Array(String)}))""",
     label=_sql(_LABEL, k="k"),
 )
 _IN_RANGE = "ts >= fromUnixTimestamp64Nano({start_ns:Int64})"
@@ -185,11 +187,14 @@ LEVEL_SQL.update(
 )
 
 # One row per group, its points sorted by time: far fewer rows to decode than one per point.
+# Buckets without a value (nan: no observations, no seconds) are left out here, so Python only
+# zips the two arrays.
 _AS_SERIES = """
 SELECT labels, arrayMap(p -> p.1, points) AS times, arrayMap(p -> p.2, points) AS values
 FROM (
     SELECT labels, arraySort(p -> p.1, groupArray((t, value))) AS points
     FROM ($points)
+    WHERE isFinite(value)
     GROUP BY labels
 )
 ORDER BY labels
@@ -501,10 +506,9 @@ def query_series(client: Any, request: SeriesQuery) -> dict[str, Any]:
             sql = RATE_SQL if agg == "rate" else LEVEL_SQL[(kind, agg)]
         params = {**base, "level": QUANTILES.get(agg, 0.5)}
         grouped = {
-            tuple(labels): [(t, v) for t, v in zip(times, values, strict=True) if math.isfinite(v)]
+            tuple(labels): list(zip(times, values, strict=True))
             for labels, times, values in _rows(client, sql, params)
         }
-        grouped = {k: v for k, v in grouped.items() if v}
     elif kind == "exponential_histogram":
         rows = _rows(client, EXPONENTIAL_SQL, base)
         grouped = _group(_exponential_values(rows, agg, base["from_ns"]))
@@ -556,40 +560,16 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator > 0 else None
 
 
-def _histogram_values(
-    rows: list[tuple[Any, ...]], agg: Aggregation
-) -> Iterable[tuple[Sequence[str], int, float | None]]:
-    # One row per (labels, bucket, bounds): several layouts in one group are rare; quantiles
-    # then come from the layout holding the most observations, the other aggregations add up.
-    by_key: dict[tuple[tuple[str, ...], int], list[tuple[Any, ...]]] = defaultdict(list)
-    for row in rows:
-        by_key[(tuple(row[0]), int(row[1]))].append(row)
-    for (labels, t), group in by_key.items():
-        count = sum(r[4] for r in group)
-        total = sum(r[5] for r in group)
-        seconds = sum(r[6] for r in group)
-        if agg in QUANTILES:
-            _, _, bounds, buckets, _, _, _, high, _ = max(group, key=lambda r: r[4])
-            yield labels, t, bucket_quantile(QUANTILES[agg], list(bounds), list(buckets), high)
-        elif agg == "avg":
-            yield labels, t, _ratio(total, count)
-        elif agg == "rate":
-            yield labels, t, _ratio(count, seconds)
-        elif agg == "sum":
-            yield labels, t, total
-        elif agg == "max":
-            yield labels, t, max(r[7] for r in group)
-        else:
-            yield labels, t, min(r[8] for r in group)
-
-
 def bucket_quantile(
     q: float, bounds: list[float], counts: list[int], high: float | None = None
 ) -> float | None:
     """The ``q`` quantile of observations in explicit-bound buckets (``len(counts) ==
     len(bounds) + 1``), interpolating linearly inside the bucket holding the rank. The first
     bucket starts at 0 (or at its bound when that is negative); the overflow bucket ends at
-    ``high`` when it passes the last bound, else the quantile is the last bound."""
+    ``high`` when it passes the last bound, else the quantile is the last bound.
+
+    The reference for ``_BUCKET_QUANTILE``, which computes the same inside ClickHouse (the
+    tests compare the two)."""
     total = sum(c for c in counts if c > 0)
     if total <= 0 or len(counts) != len(bounds) + 1:
         return None
