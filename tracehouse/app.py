@@ -248,7 +248,9 @@ class Tracehouse:
             try:
                 self._prepare_storage()
             except Exception as exc:
-                if not is_unreachable(exc):
+                previous = self._storage_error
+                was_unusable = previous is not None and not is_unreachable(previous)
+                if not is_unreachable(exc) and not was_unusable:  # logged when the state starts
                     log.error("ClickHouse answers but cannot be used: %s", exc)
                 self._storage_error = exc
                 continue
