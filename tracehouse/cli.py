@@ -271,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ingest.add_argument("--attributes", type=int, default=10, help="attributes per span")
     bench_ingest.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     bench_ingest.add_argument("--transport", choices=["grpc", "http", "both"], default="grpc")
+    bench_ingest.add_argument(
+        "--engine-batch", type=int, default=50_000, help="items per insert of the engine profile"
+    )
+    bench_ingest.add_argument(
+        "--no-engine", dest="engine", action="store_false", help="skip the engine profile"
+    )
+    bench_ingest.add_argument(
+        "--engine-only", action="store_true", help="only the engine profile, no server"
+    )
     bench_ingest.set_defaults(func=_cmd_bench)
     bench_query = bench_sub.add_parser(
         "query", help="read-API latency on seeded spans, beside raw-span scans"

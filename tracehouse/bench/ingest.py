@@ -5,16 +5,25 @@ directory, sends pre-built export requests (``--batch`` spans of ``--attributes`
 each, every span with its own ids) from ``--concurrency`` client threads, then stops the
 server with SIGTERM and counts the stored rows, so the figure is of data durably in ClickHouse.
 The requests are serialised before the clock starts, so the client costs little CPU.
+
+Before that, ``engine_profile`` measures in a child process what the engine alone costs for
+the same requests written as spool files, stage by stage (docs/performance.md): the fixed
+cost of one insert statement, parsing and flattening into a ``Null`` table, storing in a copy
+of the raw table without its views, the insert the pipeline runs, and the raw columnar insert
+of the already flattened rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import multiprocessing
 import os
 import random
+import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -136,6 +145,146 @@ def build_log_requests(total: int, batch: int, attributes: int, seed: int = 7) -
         requests.append(request.SerializeToString())
         sent += n
     return requests
+
+
+@dataclass(frozen=True)
+class EngineStage:
+    """One stage of ``engine_profile``: median CPU and wall seconds of ``runs`` inserts of
+    ``items`` items each."""
+
+    name: str
+    items: int
+    cpu_seconds: float
+    wall_seconds: float
+
+    @property
+    def cpu_per_100k(self) -> float:
+        return self.cpu_seconds / self.items * 100_000 if self.items else 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.wall_seconds if self.wall_seconds else 0.0
+
+
+# Copies of the raw table the profile inserts into besides the real one (its views fire).
+_NULL_COPY = "CREATE TABLE {copy} ENGINE = Null EMPTY AS SELECT * FROM {table}"
+_PLAIN_COPY = "CREATE TABLE {copy} AS {table}"
+_STAGED_COPY = "CREATE TABLE {copy} ENGINE = Memory EMPTY AS SELECT * FROM {table}"
+_RAW_INSERT = "INSERT INTO {table} SELECT * FROM {staged}"
+
+
+def engine_profile(
+    signal: str, requests: list[bytes], batch_rows: int, runs: int = 3
+) -> list[EngineStage]:
+    """What the embedded engine alone spends on ``batch_rows`` items of ``requests`` in one
+    insert, per stage; in a child process (chDB opens one engine directory per process)."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        stages: list[EngineStage] = pool.apply(
+            _engine_profile, (signal, requests, batch_rows, runs)
+        )
+    return stages
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _engine_profile(
+    signal_name: str, requests: list[bytes], batch_rows: int, runs: int
+) -> list[EngineStage]:
+    from tracehouse.ingest.spool import frame
+    from tracehouse.model import Signal
+    from tracehouse.storage import otlp_sql
+    from tracehouse.storage.client import connect
+    from tracehouse.storage.schema import Migrator, SchemaOptions
+    from tracehouse.storage.writer import _glob
+
+    signal = Signal(signal_name)
+    table = signal.table
+    with tempfile.TemporaryDirectory(prefix="tracehouse-engine-") as tmp:
+        client = connect(f"chdb://{Path(tmp) / 'clickhouse'}")
+        Migrator(client, SchemaOptions()).migrate()
+        spool = Path(tmp) / "spool"
+        spool.mkdir()
+        per_request = max(1, _items_in(signal_name, requests[0]))
+        count = max(1, batch_rows // per_request)
+        files = []
+        for i in range(0, min(count, len(requests)), 16):
+            path = spool / f"{i:08d}.spool"
+            path.write_bytes(frame(requests[i : min(i + 16, count)]))
+            files.append(path)
+        items = min(count, len(requests)) * per_request
+        one = spool / "one.spool"
+        one.write_bytes(frame(requests[:1]))
+        structure = otlp_sql.structure(signal)
+        settings = otlp_sql.settings_clause(signal, str(otlp_sql.PROTO_FILE), None)
+        params = otlp_sql.ItemLimits().parameters()
+
+        def statement(target: str, paths: list[Path]) -> str:
+            source = f"file({otlp_sql.sql_string(_glob(paths))}, 'Protobuf', {structure})"
+            sql = otlp_sql.insert_statement(signal, source)
+            return sql.replace(f"INSERT INTO {table} ", f"INSERT INTO {target} ", 1)
+
+        for template, copy in ((_NULL_COPY, "profile_null"), (_PLAIN_COPY, "profile_plain")):
+            client.command(template.format(copy=copy, table=table))
+        client.command(_STAGED_COPY.format(copy="profile_staged", table=table))
+        client.command(f"{statement('profile_staged', files)}\n{settings}", parameters=params)
+        plan: list[tuple[str, int, str, str]] = [
+            (
+                "one statement (512-item request)",
+                per_request,
+                statement("profile_null", [one]),
+                settings,
+            ),
+            ("parse + flatten (Null table)", items, statement("profile_null", files), settings),
+            ("+ store, no views", items, statement("profile_plain", files), settings),
+            ("+ views: the pipeline's insert", items, statement(table, files), settings),
+            (
+                "raw columnar insert (+ views)",
+                items,
+                _RAW_INSERT.format(table=table, staged="profile_staged"),
+                "",
+            ),
+        ]
+        samples: dict[str, list[tuple[float, float]]] = {name: [] for name, *_ in plan}
+        for run in range(runs):
+            for name, _, sql, sql_settings in plan if run % 2 == 0 else plan[::-1]:
+                cpu, wall = _cpu(), time.perf_counter()
+                client.command(f"{sql}\n{sql_settings}", parameters=params)
+                samples[name].append((_cpu() - cpu, time.perf_counter() - wall))
+        client.close()
+    return [
+        EngineStage(
+            name,
+            n,
+            statistics.median(c for c, _ in samples[name]),
+            statistics.median(w for _, w in samples[name]),
+        )
+        for name, n, _, _ in plan
+    ]
+
+
+def _items_in(signal: str, request: bytes) -> int:
+    """How many spans or log records a serialised export request holds."""
+    if signal == "traces":
+        traces = ExportTraceServiceRequest.FromString(request)
+        return sum(len(ss.spans) for rs in traces.resource_spans for ss in rs.scope_spans)
+    logs = ExportLogsServiceRequest.FromString(request)
+    return sum(len(sl.log_records) for rl in logs.resource_logs for sl in rl.scope_logs)
+
+
+def _print_engine(stages: list[EngineStage], unit: str) -> None:
+    """The engine profile as a table: median of the runs, CPU of the whole engine process
+    (insert threads and background merges alike)."""
+    print(f"\n{'engine stage':<36}{unit + '/s':>12}{'CPU s':>8}{'CPU s/100k':>12}")
+    for stage in stages:
+        print(
+            f"{stage.name:<36}{stage.items_per_s:>12,.0f}{stage.cpu_seconds:>8.2f}"
+            f"{stage.cpu_per_100k:>12.2f}"
+        )
+    print()
 
 
 def _free_port() -> int:
@@ -317,6 +466,9 @@ def bench_transport(
 
 
 def run_ingest_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "engine_batch", 1) <= 0:
+        print(f"--engine-batch must be a positive number of items, got {args.engine_batch}")
+        return 2
     transports = ["grpc", "http"] if args.transport == "both" else [args.transport]
     unit = "spans" if args.signal == "traces" else "log records"
     print(
@@ -328,7 +480,15 @@ def run_ingest_bench(args: argparse.Namespace) -> int:
     requests = build(args.spans, args.batch, args.attributes)
     size = sum(len(r) for r in requests)
     print(f"{len(requests):,} requests, {size / 1e6:,.1f} MB of protobuf", flush=True)
+    engine: list[EngineStage] = []
+    if getattr(args, "engine", True):
+        batch_rows = getattr(args, "engine_batch", 50_000)
+        print(f"engine alone: inserts of {batch_rows:,} {unit} from spool files …", flush=True)
+        engine = engine_profile(args.signal, requests, batch_rows)
+        _print_engine(engine, unit)
     results = []
+    if getattr(args, "engine_only", False):
+        return 0
     for transport in transports:
         print(f"sending over {transport} with {args.concurrency} requests in flight …", flush=True)
         results.append(
@@ -350,5 +510,12 @@ def run_ingest_bench(args: argparse.Namespace) -> int:
         if r.stored != r.spans:
             ok = False
             print(f"  LOST DATA: sent {r.spans:,} {unit}, stored {r.stored:,}")
+    raw = next((s for s in engine if s.name.startswith("raw columnar")), None)
+    if raw and raw.items_per_s:
+        for r in results:
+            print(
+                f"end to end / raw columnar insert, {r.transport}: "
+                f"{r.spans_per_s / raw.items_per_s:.2f}"
+            )
     print(f"\nmachine: {os.cpu_count()} CPUs, {psutil.virtual_memory().total / 2**30:.0f} GiB")
     return 0 if ok else 1
