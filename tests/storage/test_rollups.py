@@ -507,7 +507,8 @@ def two_shards(engine_url: str) -> Iterator[tuple[Any, Any, Any]]:
     try:
         for shard in (shard_a, shard_b):
             for statement in all_statements(SchemaOptions(cluster="tracehouse")):
-                shard.command(_creatable_without_a_cluster(statement, "tracehouse"))
+                if not statement.startswith("INSERT"):  # fills read the fronts, Null here
+                    shard.command(_creatable_without_a_cluster(statement, "tracehouse"))
         for table in ("otel_red_1m", "otel_db_1m", "otel_red_1h", "otel_db_1h"):
             reader.command(
                 f"CREATE TABLE {table} AS {name_a}.{table}_local "
@@ -531,7 +532,10 @@ def test_rollups_of_one_minute_on_two_shards_merge_through_the_front_table(
         names = COLLECTOR_COLUMNS
         shard.insert("otel_traces_local", [[r[c] for c in names] for r in rows], column_names=names)
 
-    window = {"start": int(MINUTE.timestamp()), "end": int(MINUTE.timestamp()) + 60}
+    # Hours around the minute: its hour is read from the shards' hourly tables.
+    hours = TimeRange(MINUTE - timedelta(hours=3), MINUTE + timedelta(hours=3))
+    window = minute_window(hours).parameters()
+    assert window["hours_start"] <= MINUTE.timestamp() < window["hours_end"]
     (red,) = _named(reader, services.SERVICES_SQL, **window, kinds=["server"])
     assert {k: red[k] for k in ("service", "calls", "errors", "duration_sum", "duration_max")} == {
         "service": service,

@@ -55,7 +55,7 @@ HOURLY_VIEWS = {
     "otel_db_1h": ("otel_db_1h_mv", "otel_db_1m"),
 }
 # Service-graph edges (migration 0005), recomputed by the worker (no view); TTL from Minute.
-EDGES = {"otel_edges_1m": "Minute"}
+EDGES = {"otel_edges_1m": "Minute", "otel_edges_1h": "Hour"}
 # Metric points, one table per point type (migration 0010); they follow the traces retention.
 METRICS = {
     f"otel_metrics_{kind}": "toDateTime(TimeUnix)"
@@ -87,6 +87,7 @@ MIGRATION_NAMES = [
     "0011_insights",
     "0012_audit_log",
     "0013_hourly_rollups",
+    "0014_hourly_edges",
 ]
 CLUSTER = "tracehouse"
 
@@ -327,6 +328,7 @@ def test_migrate_creates_the_schema_on_an_empty_database(db: Any) -> None:
         "otel_db_1m": "AggregatingMergeTree",
         "otel_db_1m_mv": "MaterializedView",
         "otel_edges_1m": "ReplacingMergeTree",
+        "otel_edges_1h": "ReplacingMergeTree",
         **dict.fromkeys(HOURLY, "AggregatingMergeTree"),
         **{view: "MaterializedView" for view, _ in HOURLY_VIEWS.values()},
         **dict.fromkeys(METRICS, "MergeTree"),
@@ -527,6 +529,9 @@ def test_every_cluster_statement_parses_and_runs_on_the_cluster(client: Any, clu
         "otel_db_1h_mv",
         "INSERT otel_red_1h",
         "INSERT otel_db_1h",
+        "otel_edges_1h_local",
+        "otel_edges_1h",
+        "INSERT otel_edges_1h",
     ]
     on_cluster = re.compile(rf"\bON CLUSTER `?{re.escape(cluster)}`?\s")
     ddl = {name: sql for name, sql in formatted.items() if not name.startswith("INSERT ")}
@@ -559,11 +564,12 @@ def test_cluster_rollups_are_replicated_aggregating_tables(cluster_ddl: dict[str
     ), cluster_ddl[local]
 
 
+@pytest.mark.parametrize("table", list(EDGES))
 def test_cluster_edges_are_a_replicated_replacing_table_versioned_by_version(
-    cluster_ddl: dict[str, str],
+    cluster_ddl: dict[str, str], table: str
 ) -> None:
-    """The worker recomputes minutes: the newest Version of a key wins (no summing)."""
-    local = "otel_edges_1m_local"
+    """The worker recomputes minutes and hours: the newest Version of a key wins (no summing)."""
+    local = f"{table}_local"
     path = rf"'/clickhouse/tables/\{{shard\}}/[^']*\b{local}'"
     assert re.search(
         rf"ENGINE = ReplicatedReplacingMergeTree\({path}, '\{{replica\}}', Version\)",
@@ -593,6 +599,7 @@ def test_single_node_edges_are_a_replacing_table_versioned_by_version(migrated_d
         ("otel_db_1h", "rand()"),
         # The worker inserts edges through the Distributed table; any shard will do.
         ("otel_edges_1m", "rand()"),
+        ("otel_edges_1h", "rand()"),
     ],
 )
 def test_cluster_front_tables_are_distributed_over_the_local_tables(
@@ -671,6 +678,8 @@ def test_single_node_statements_parse_and_have_no_cluster_parts(client: Any) -> 
         "otel_db_1h_mv",
         "INSERT otel_red_1h",
         "INSERT otel_db_1h",
+        "otel_edges_1h",
+        "INSERT otel_edges_1h",
     ]
     for name, sql in formatted.items():
         assert "ON CLUSTER" not in sql, name
@@ -692,7 +701,8 @@ def single_and_cluster(engine_url: str) -> Iterator[tuple[Any, Any]]:
     try:
         Migrator(single, SchemaOptions()).migrate()
         for sql in all_statements(SchemaOptions(cluster=CLUSTER)):
-            clustered.command(_creatable_without_a_cluster(sql, CLUSTER))
+            if not sql.startswith("INSERT"):  # fills read the Distributed fronts, Null here
+                clustered.command(_creatable_without_a_cluster(sql, CLUSTER))
         yield single, clustered
     finally:
         _drop_database(single, single_name)

@@ -17,7 +17,12 @@ import pytest
 from tests.conftest import ServerFactory
 from tests.topology.spans import MS, Run, Span, edges, send
 from tracehouse.app import Tracehouse
+from tracehouse.query._rollups import minute_window
+from tracehouse.query.params import TimeRange
 from tracehouse.topology import EdgeBuilder, EdgeWorker
+from tracehouse.topology.api import EDGES_SQL
+
+DB = {"db.system.name": "postgresql", "db.namespace": "shop"}
 
 
 @pytest.fixture
@@ -209,6 +214,9 @@ class _FailingClient:
         self.done = threading.Event()
 
     def command(self, sql: str, parameters: dict[str, Any]) -> None:
+        if sql.lstrip().startswith("INSERT INTO otel_edges_1h"):  # after the minutes succeeded
+            assert parameters["hours_start"] < parameters["hours_end"]
+            return
         self.commands += 1
         assert sql.lstrip().startswith("INSERT INTO otel_edges_1m")
         assert parameters["child_start_ns"] < parameters["start_ns"] < parameters["end_ns"]
@@ -255,3 +263,51 @@ def test_worker_role_runs_the_job_and_other_roles_do_not(make_server: ServerFact
     assert query_only.edges is None
     worker.stop()
     assert worker.edges is None
+
+
+def _edges_read(app: Tracehouse, run: Run, parameters: dict[str, int]) -> dict[Any, Any]:
+    result = app.client.query(EDGES_SQL, parameters=parameters)
+    rows = [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
+    return {
+        (r["source"], r["target"], r["type"]): (
+            r["calls"],
+            r["errors"],
+            [round(q / MS, 3) for q in r["client_quantiles"]],
+            r["client_total_ns"],
+            r["server_total_ns"],
+        )
+        for r in rows
+        if not r["per_target"] and run.suffix in r["source"]
+    }
+
+
+def test_whole_hours_come_from_the_hourly_edges_and_agree_with_the_minutes(
+    app: Tracehouse, run: Run
+) -> None:
+    """Each run recomputes the hours its minutes fall in (otel_edges_1h); a window read as
+    whole hours plus minutes at both ends gives the edges the minutes alone give."""
+    web, api = run.name("web"), run.name("api")
+    spans = []
+    for n, minutes_ago in enumerate((170, 150, 100, 65, 61, 30, 1)):
+        call = Span(web, "client", run.at(-minutes_ago * 60_000), 10 + n, error=n % 3 == 0)
+        spans += [call, call.child(api)]
+        spans.append(Span(api, "client", run.at(-minutes_ago * 60_000 + 1), 2, attrs=DB))
+    send(app, *spans)
+    builder = EdgeBuilder(app.client, lag_s=0, window_min=185)
+    builder.run_once()
+    builder.run_once()  # recomputed hours replace the earlier ones (latest Version)
+
+    now = dt.datetime.now(dt.UTC)
+    window = minute_window(TimeRange(now - dt.timedelta(minutes=180), now))
+    tiered = window.parameters()
+    assert tiered["hours_end"] - tiered["hours_start"] >= 2 * 3600
+    minutes_only = {**tiered, "hours_start": tiered["start"], "hours_end": tiered["start"]}
+    expected = _edges_read(app, run, minutes_only)
+    assert expected[(web, api, "service")][:2] == (7, 3)
+    assert expected[(api, "shop", "database")][:2] == (7, 0)
+    assert _edges_read(app, run, tiered) == expected
+    hours = app.client.query(
+        "SELECT uniqExact(Hour) FROM otel_edges_1h FINAL WHERE Source = {s:String}",
+        parameters={"s": web},
+    ).first_row[0]
+    assert hours >= 3

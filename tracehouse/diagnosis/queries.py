@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tracehouse.query._rollups import ENTRY_KINDS, WINDOW_AND_BASELINE
 from tracehouse.storage.conventions import IS_ERROR, SPAN_KIND
-from tracehouse.topology.api import latest_edges
+from tracehouse.topology.edges import latest_edges
 
 # Calls and errors of the service's (or operation's) entry spans, window and baseline.
 RED_SQL = f"""

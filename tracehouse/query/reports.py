@@ -3,7 +3,7 @@ statements or failing operations that rank highest by latency, traffic, errors o
 
 Reads the rollups only, never raw spans: ``otel_red_1m``/``_1h`` for services, operations and
 errors, ``otel_db_1m``/``_1h`` for SQL fingerprints (whole hours from the hourly tier),
-``otel_edges_1m`` for service-graph edges. The
+``otel_edges_1m``/``_1h`` for service-graph edges. The
 statement for each (entity, ranking) pair is built once when the module loads from fixed
 text; request values only ever reach ClickHouse as bound parameters.
 """
@@ -30,7 +30,7 @@ from tracehouse.query._rollups import (
     rate,
 )
 from tracehouse.query.params import TimeRange, invalid, time_range
-from tracehouse.topology.api import latest_edges
+from tracehouse.topology.edges import EDGES_IN_WINDOW
 
 Entity = Literal["service", "operation", "sql", "edge", "error"]
 By = Literal["p99", "calls", "errors", "error_rate", "total_time"]
@@ -141,7 +141,7 @@ SELECT
     if(type = 'user',
         quantilesTDigestMerge(0.5, 0.95, 0.99)(ServerLatency),
         quantilesTDigestMerge(0.5, 0.95, 0.99)(ClientLatency)) AS quantiles
-FROM ({latest_edges()})
+FROM ({EDGES_IN_WINDOW})
 WHERE Version = LatestVersion
 GROUP BY source, target, type
 HAVING calls > 0
@@ -266,7 +266,8 @@ def router(client: Any) -> APIRouter:
         returns the same rows as ``text/csv`` with a header row.
 
         Read from the rollups (``otel_red_1m``/``_1h``, ``otel_db_1m``/``_1h``,
-        ``otel_edges_1m``): the range is widened to whole minutes (``start``/``end`` in the answer).
+        ``otel_edges_1m``/``_1h``): the range is widened to whole minutes (``start``/``end``
+        in the answer).
         """
         ranking: By = by if by is not None else DEFAULT_BY[entity]
         if ranking not in ALLOWED_BY[entity]:

@@ -41,7 +41,7 @@ from tracehouse.query._rollups import (
     quantiles_ms,
 )
 from tracehouse.query.params import TimeRange, invalid, time_range
-from tracehouse.topology.api import latest_edges
+from tracehouse.topology.edges import latest_edges
 
 Baseline = Literal["previous", "day"]
 CauseType = Literal["edge", "sql", "self"]

@@ -31,6 +31,7 @@ _TTL_COLUMNS = {
     "otel_edges_1m": "Minute",
     "otel_red_1h": "Hour",
     "otel_db_1h": "Hour",
+    "otel_edges_1h": "Hour",
     "otel_metrics_gauge": "toDateTime(TimeUnix)",
     "otel_metrics_sum": "toDateTime(TimeUnix)",
     "otel_metrics_histogram": "toDateTime(TimeUnix)",
@@ -45,9 +46,10 @@ _ENGINES = {
     "otel_db_1h": "AggregatingMergeTree",
     # Recomputed by the worker, newest Version wins (migration 0005).
     "otel_edges_1m": "ReplacingMergeTree",
+    "otel_edges_1h": "ReplacingMergeTree",
 }
 # Engine parameters after the replication path and replica (the version column).
-_ENGINE_ARGS = {"otel_edges_1m": "Version"}
+_ENGINE_ARGS = {"otel_edges_1m": "Version", "otel_edges_1h": "Version"}
 # Small state tables, not telemetry (alerting 0006, insights 0011, audit log 0012):
 # ${engine_<name>}, in cluster mode one replica set across every node (no {shard} in the path,
 # like the lease table), so whichever node a URL reaches holds all of it. Engine family and

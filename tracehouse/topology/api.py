@@ -1,7 +1,8 @@
 """The service graph: ``GET /api/v1/topology``.
 
-Reads only the minute table ``otel_edges_1m`` (edges, written by the worker's
-:class:`~tracehouse.topology.edges.EdgeBuilder`) and the RED rollups ``otel_red_1m``/``_1h``
+Reads only the edge tables ``otel_edges_1m``/``_1h`` (written by the worker's
+:class:`~tracehouse.topology.edges.EdgeBuilder`; whole hours from the hourly one) and the RED
+rollups ``otel_red_1m``/``_1h``
 (the services' own rate, errors and latency); never raw spans. Of each minute it keeps the
 rows of the latest recomputation (``Version``), as migration 0005 describes. The graph, the
 ``service``/``depth`` neighbourhood and the layout are computed with networkx.
@@ -27,6 +28,7 @@ from tracehouse.query._rollups import (
     rate,
 )
 from tracehouse.query.params import TimeRange, invalid, time_range
+from tracehouse.topology.edges import EDGES_IN_WINDOW
 
 USER_NODE = "user"
 NodeType = Literal["service", "database", "messaging", "external", "user"]
@@ -35,26 +37,6 @@ MAX_DEPTH = 10
 # Positions come from networkx's multipartite layout (one column per hop from the entry
 # points), rescaled into [0, 1]; the same graph always gets the same coordinates.
 
-_IN_WINDOW = (
-    "Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64})"
-)
-
-
-def latest_edges(minutes: str = _IN_WINDOW) -> str:
-    """A subquery: each minute's edges as of its latest recomputation (FINAL: the newest row
-    per key; the window function: drop keys a later run of that minute no longer produced),
-    for the minutes the condition ``minutes`` selects. Readers keep ``Version =
-    LatestVersion``."""
-    return f"""
-    SELECT Minute, Source, Target, ConnectionType, Calls, Errors, ClientLatency, ServerLatency,
-           ClientDurationSum, ServerDurationSum, Version,
-           max(Version) OVER (PARTITION BY Minute) AS LatestVersion
-    FROM otel_edges_1m FINAL
-    WHERE {minutes}
-"""
-
-
-_LATEST_EDGES = latest_edges()
 
 # Edges, and in the same pass (a second grouping set) each target per connection type: for
 # virtual peers (no RED rows of their own) that is their latency as their callers saw it.
@@ -71,7 +53,7 @@ SELECT
     quantilesTDigestMerge(0.5, 0.95, 0.99)(ServerLatency) AS server_quantiles,
     sum(ClientDurationSum) AS client_total_ns,
     sum(ServerDurationSum) AS server_total_ns
-FROM ({_LATEST_EDGES})
+FROM ({EDGES_IN_WINDOW})
 WHERE Version = LatestVersion
 GROUP BY GROUPING SETS ((Source, Target, ConnectionType), (Target, ConnectionType))
 ORDER BY per_target, source, target, type

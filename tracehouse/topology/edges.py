@@ -13,6 +13,8 @@ Each run recomputes every closed minute of a trailing window with one ``INSERT â
 
 Every row of a run carries the same ``Version``; readers keep each minute's latest version
 (see migration 0005), so recomputing a minute replaces its edges instead of adding to them.
+The run then recomputes the hours its minutes fall in into ``otel_edges_1h`` (migration 0014)
+from their latest minute edges, under the same ``Version``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tracehouse.storage.conventions import IS_ERROR, SPAN_KIND
 log = logging.getLogger(__name__)
 
 _MINUTE = 60
+_HOUR = 3600
 _NS = 1_000_000_000
 
 # The virtual peer of a client span: service.peer.name | peer.service, then
@@ -139,6 +142,74 @@ GROUP BY Minute, Source, Target, ConnectionType
 SETTINGS join_use_nulls = 0, distributed_product_mode = 'local'
 """
 
+# --- reading the edges back -------------------------------------------------------------
+
+_IN_WINDOW = (
+    "Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64})"
+)
+
+
+def latest_edges(minutes: str = _IN_WINDOW, table: str = "otel_edges_1m") -> str:
+    """A subquery: each minute's edges as of its latest recomputation (FINAL: the newest row
+    per key; the window function: drop keys a later run of that minute no longer produced),
+    for the minutes the condition ``minutes`` selects. Readers keep ``Version =
+    LatestVersion``. With ``table="otel_edges_1h"`` the same for hours (``Hour`` read as
+    ``Minute``; the condition is on ``Hour``)."""
+    period = "Hour" if table == "otel_edges_1h" else "Minute"
+    return f"""
+    SELECT {period} AS Minute, Source, Target, ConnectionType, Calls, Errors, ClientLatency,
+           ServerLatency, ClientDurationSum, ServerDurationSum, Version,
+           max(Version) OVER (PARTITION BY {period}) AS LatestVersion
+    FROM {table} FINAL
+    WHERE {minutes}
+"""
+
+
+_OUTSIDE_WHOLE_HOURS = """
+      AND (Minute < fromUnixTimestamp({hours_start:Int64})
+           OR Minute >= fromUnixTimestamp({hours_end:Int64}))"""
+_WHOLE_HOURS = (
+    "Hour >= fromUnixTimestamp({hours_start:Int64}) AND Hour < fromUnixTimestamp({hours_end:Int64})"
+)
+# The latest edges of ``[start, end)``: whole hours ``[hours_start, hours_end)`` from the
+# hourly table (migration 0014), the other minutes from the minute table â€” the parameters of
+# ``MinuteWindow.parameters()``. Readers keep ``Version = LatestVersion`` as for minutes.
+EDGES_IN_WINDOW = f"""
+    {latest_edges(_IN_WINDOW + _OUTSIDE_WHOLE_HOURS)}
+    UNION ALL
+    {latest_edges(_WHOLE_HOURS, "otel_edges_1h")}
+"""
+
+
+# After the minutes: the hours they fall in, from those hours' latest minute edges, under the
+# run's Version (migration 0014); readers take whole hours from here.
+BUILD_HOURS_SQL = f"""
+INSERT INTO otel_edges_1h
+    (Hour, Source, Target, ConnectionType, Calls, Errors, ClientLatency, ServerLatency,
+     ClientDurationSum, ServerDurationSum, Version)
+SELECT
+    toStartOfHour(Minute) AS Hour,
+    Source,
+    Target,
+    ConnectionType,
+    sum(Calls),
+    sum(Errors),
+    quantileTDigestMergeState(ClientLatency),
+    quantileTDigestMergeState(ServerLatency),
+    sum(ClientDurationSum),
+    sum(ServerDurationSum),
+    {{version:UInt64}} AS Version
+FROM
+({
+    latest_edges(
+        "Minute >= fromUnixTimestamp({hours_start:Int64}) "
+        "AND Minute < fromUnixTimestamp({hours_end:Int64})"
+    )
+})
+WHERE Version = LatestVersion
+GROUP BY Hour, Source, Target, ConnectionType
+"""
+
 
 @dataclass(frozen=True)
 class RunWindow:
@@ -198,6 +269,7 @@ class EdgeBuilder:
         start_ns = int(window.start.timestamp()) * _NS
         end_ns = int(window.end.timestamp()) * _NS
         slack_ns = self.child_slack_s * _NS
+        start_s, end_s = int(window.start.timestamp()), int(window.end.timestamp())
         try:
             if end_ns > start_ns:
                 self._client.command(
@@ -208,6 +280,14 @@ class EdgeBuilder:
                         "end_ns": end_ns,
                         "child_start_ns": start_ns - slack_ns,
                         "child_end_ns": end_ns + slack_ns,
+                    },
+                )
+                self._client.command(
+                    BUILD_HOURS_SQL,
+                    parameters={
+                        "version": version,
+                        "hours_start": start_s // _HOUR * _HOUR,
+                        "hours_end": -(-end_s // _HOUR) * _HOUR,
                     },
                 )
         except Exception as exc:
