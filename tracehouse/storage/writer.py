@@ -77,10 +77,18 @@ class ClickHouseWriter:
             # token (deduplication is per table), so a retry after a partial failure adds
             # only what is missing.
             tables = _metric_tables(files) if signal is Signal.METRICS else signal.tables
-            for table in tables:
-                structure = otlp_sql.structure(signal, table)
-                statement = _statement(signal, table)
-                self._run(client, files, statement, settings, params, structure)
+            joined = None
+            if signal is Signal.METRICS and self._embedded and len(files) > 1:
+                joined = _joined(files)
+            try:
+                for table in tables:
+                    structure = otlp_sql.structure(signal, table)
+                    statement = _statement(signal, table)
+                    source = [joined] if joined is not None else files
+                    self._run(client, source, statement, settings, params, structure)
+            finally:
+                if joined is not None:
+                    joined.unlink(missing_ok=True)
         except DatabaseError as exc:
             match = _ERROR_CODE.search(str(exc))
             if match and int(match.group(1)) in _DATA_ERRORS:
@@ -134,6 +142,18 @@ def _metric_tables(files: list[Path]) -> tuple[str, ...]:
             if len(present) == len(METRIC_TABLES):
                 return METRIC_TABLES
     return tuple(t for t in METRIC_TABLES if t in present)
+
+
+def _joined(files: list[Path]) -> Path:
+    """The group's spool files copied into one (framed requests concatenate). ClickHouse's
+    ``file()`` costs about 20 ms of CPU per file read, for each of the up to five metric
+    statements of a group: 100 files of 1,000 points cost 8-9 CPU-s instead of 2-2.4 from one
+    file (docs/performance.md, Metrics). A ``*.tmp`` name: the spool removes leftovers at start."""
+    joined = files[0].with_name(files[0].stem + ".joined.tmp")
+    with joined.open("wb") as out:
+        for path in files:
+            out.write(path.read_bytes())
+    return joined
 
 
 def _unframe(data: bytes) -> list[bytes]:
