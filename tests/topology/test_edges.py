@@ -287,24 +287,29 @@ def test_whole_hours_come_from_the_hourly_edges_and_agree_with_the_minutes(
     """Each run recomputes the hours its minutes fall in (otel_edges_1h); a window read as
     whole hours plus minutes at both ends gives the edges the minutes alone give."""
     web, api = run.name("web"), run.name("api")
+    now = dt.datetime.now(dt.UTC)
+    hour = now.replace(minute=0, second=0, microsecond=0) - dt.timedelta(hours=1)
     spans = []
-    for n, minutes_ago in enumerate((170, 150, 100, 65, 61, 30, 1)):
-        call = Span(web, "client", run.at(-minutes_ago * 60_000), 10 + n, error=n % 3 == 0)
+    for n, minutes in enumerate((-80, -65, -50, -30, -10, -2, 20, 40)):
+        at = int((hour + dt.timedelta(minutes=minutes, seconds=5)).timestamp()) * 10**9
+        call = Span(web, "client", at, 10 + n, error=n % 3 == 0)
         spans += [call, call.child(api)]
-        spans.append(Span(api, "client", run.at(-minutes_ago * 60_000 + 1), 2, attrs=DB))
+        spans.append(Span(api, "client", at + MS, 2, attrs=DB))
     send(app, *spans)
-    builder = EdgeBuilder(app.client, lag_s=0, window_min=185)
-    builder.run_once()
-    builder.run_once()  # recomputed hours replace the earlier ones (latest Version)
+    EdgeBuilder(app.client, lag_s=0, window_min=240).run_once()
+    # A later run recomputes only its own minutes, here the last ten of the hour before
+    # ``hour`` and the first five of it, and from them both hours: their other minutes are the
+    # earlier run's, and the hours' new rows must still hold every minute.
+    EdgeBuilder(app.client, lag_s=0, window_min=15).run_once(hour + dt.timedelta(minutes=5))
 
     now = dt.datetime.now(dt.UTC)
-    window = minute_window(TimeRange(now - dt.timedelta(minutes=180), now))
+    window = minute_window(TimeRange(now - dt.timedelta(minutes=200), now))
     tiered = window.parameters()
     assert tiered["hours_end"] - tiered["hours_start"] >= 2 * 3600
     minutes_only = {**tiered, "hours_start": tiered["start"], "hours_end": tiered["start"]}
     expected = _edges_read(app, run, minutes_only)
-    assert expected[(web, api, "service")][:2] == (7, 3)
-    assert expected[(api, "shop", "database")][:2] == (7, 0)
+    assert expected[(web, api, "service")][:2] == (8, 3)
+    assert expected[(api, "shop", "database")][:2] == (8, 0)
     assert _edges_read(app, run, tiered) == expected
     hours = app.client.query(
         "SELECT uniqExact(Hour) FROM otel_edges_1h FINAL WHERE Source = {s:String}",

@@ -198,7 +198,7 @@ SELECT
     quantileTDigestMergeState(ServerLatency),
     sum(ClientDurationSum),
     sum(ServerDurationSum),
-    {{version:UInt64}} AS Version
+    {{version:UInt64}}  -- no alias: `AS Version` would shadow the column in the WHERE below
 FROM
 ({
     latest_edges(

@@ -32,7 +32,8 @@ SELECT
     sum(Calls), sum(Errors),
     quantileTDigestMergeState(ClientLatency), quantileTDigestMergeState(ServerLatency),
     sum(ClientDurationSum), sum(ServerDurationSum),
-    toUInt64(1) AS Version
+    -- No alias: `AS Version` would shadow the column in the WHERE below.
+    toUInt64(1)
 FROM
 (
     SELECT Minute, Source, Target, ConnectionType, Calls, Errors, ClientLatency,
