@@ -666,3 +666,44 @@ def test_tiered_reads_equal_minute_reads_over_any_window(
         )
         assert minutes, table
         assert _rows(db, template.replace("__SOURCE__", tiered), **parameters) == minutes
+
+
+def test_the_migration_fills_the_hourly_edges_from_each_minutes_latest_run(db: Any) -> None:
+    """Migration 0014 sums, per hour, each minute's edges as of that minute's latest
+    recomputation (an edge a later run no longer found is not counted)."""
+    db.command(
+        """
+        INSERT INTO otel_edges_1m
+            (Minute, Source, Target, ConnectionType, Calls, Errors, ClientLatency,
+             ServerLatency, ClientDurationSum, ServerDurationSum, Version)
+        SELECT toDateTime('2026-11-23 09:00:00', 'UTC') + toIntervalMinute(m), 'web', target,
+               ctype, calls, 0, quantileTDigestState(toUInt64(calls * 1000000)),
+               quantileTDigestState(toUInt64(0)), calls * 1000000, 0, version
+        FROM values('m UInt32, target String, ctype String, calls UInt64, version UInt64',
+            (5, 'api', 'service', 3, 1),
+            (5, 'postgresql', 'database', 2, 1),  -- a later run of minute 5 paired it: gone
+            (5, 'api', 'service', 4, 2),
+            (5, 'orders', 'database', 2, 2),
+            (59, 'api', 'service', 1, 7),
+            (60, 'api', 'service', 10, 3))
+        GROUP BY m, target, ctype, calls, version
+        """
+    )
+    db.command("TRUNCATE TABLE otel_edges_1h")
+    (fill,) = [
+        s
+        for m in load_migrations()
+        if m.name == "hourly_edges"
+        for s in render(m, SchemaOptions())
+        if s.startswith("INSERT")
+    ]
+    db.command(fill)
+    assert _rows(
+        db,
+        "SELECT toHour(Hour), Target, ConnectionType, Calls, ClientDurationSum "
+        "FROM otel_edges_1h FINAL ORDER BY Hour, Target",
+    ) == [
+        (9, "api", "service", 5, 5_000_000),
+        (9, "orders", "database", 2, 2_000_000),
+        (10, "api", "service", 10, 10_000_000),
+    ]
