@@ -1,11 +1,12 @@
-"""The writer inserts a group of several metric spool files as one file (``file()`` costs CPU
-per file and statement): every point of every file is stored once, in its table, and the
-joined copy is removed afterwards."""
+"""The writer inserts a group of several metric spool files from a few joined copies
+(``file()`` costs CPU per file and statement): every point of every file is stored once, in
+its table, and the copies are removed afterwards."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Metric
 
 from tests.conftest import query
@@ -13,6 +14,7 @@ from tests.ingest.otlp_factory import metrics_request
 from tracehouse.app import Tracehouse
 from tracehouse.ingest.spool import frame
 from tracehouse.model import Signal
+from tracehouse.storage import writer as writer_module
 from tracehouse.storage.writer import ClickHouseWriter
 
 S = 1_000_000_000
@@ -36,9 +38,15 @@ def _request(service: str, first_s: int) -> bytes:
     return metrics_request(service, gauge, histogram).SerializeToString()
 
 
+@pytest.mark.parametrize("joined_bytes", [4 * 2**20, 1], ids=["one-joined-file", "several"])
 def test_a_group_of_several_files_is_inserted_once(
-    server: Tracehouse, service_name: str, tmp_path: Path
+    server: Tracehouse,
+    service_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    joined_bytes: int,
 ) -> None:
+    monkeypatch.setattr(writer_module, "_JOINED_BYTES", joined_bytes)
     spool = tmp_path / "spool"
     spool.mkdir()
     files = []
