@@ -77,8 +77,10 @@ class ClickHouseWriter:
             # token (deduplication is per table), so a retry after a partial failure adds
             # only what is missing.
             tables = _metric_tables(files) if signal is Signal.METRICS else signal.tables
-            # One file per statement: file() costs ClickHouse 20-40 ms CPU per file read, and
-            # a group of spans or logs is often ~100 group-commit files (docs/performance.md).
+            # Metric groups are joined into a few larger files (file() costs ClickHouse 20-40 ms
+            # CPU per file read and statement, and a metric group has up to five statements).
+            # Span and log groups are read as they are: one file per group cost them ~55 % more
+            # peak memory at no measurable end-to-end gain (docs/performance.md, item 6).
             joined: list[Path] = []
             if signal is Signal.METRICS and self._embedded and len(files) > 1:
                 joined = _joined(files)
