@@ -18,6 +18,7 @@ from tests.conftest import ServerFactory, query
 from tests.ingest.otlp_factory import log_request, trace_request
 from tracehouse import storage
 from tracehouse.app import Tracehouse
+from tracehouse.ingest.spool import unframe
 from tracehouse.model import Signal
 
 PROTO = {"Content-Type": "application/x-protobuf"}
@@ -269,3 +270,76 @@ def test_stop_inserts_everything_acknowledged(
     ).result_rows
     assert rows[0][0] == 20
     assert not list(app.settings.resolved_spool_dir.glob("*.spool"))
+
+
+def _bool_127_request(service: str) -> bytes:
+    """One span with the attribute ``flag`` = true sent as the varint 127: the protobuf runtime
+    reads it as true, ClickHouse's Protobuf input refuses it."""
+    request = trace_request(service, spans=1)
+    attribute = request.resource_spans[0].scope_spans[0].spans[0].attributes.add()
+    attribute.key = "flag"
+    attribute.value.bool_value = True
+    canonical = attribute.value.SerializeToString()
+    assert canonical == b"\x10\x01"
+    body = request.SerializeToString()
+    assert body.count(b"\x04flag\x12\x02\x10\x01") == 1
+    return body.replace(b"\x04flag\x12\x02\x10\x01", b"\x04flag\x12\x02\x10\x7f")
+
+
+def _post_together(app: Tracehouse, *bodies: bytes) -> list[int]:
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        return [r.status_code for r in pool.map(lambda body: _post(app, body), bodies)]
+
+
+def test_a_request_clickhouse_cannot_read_is_stored_from_its_re_encoding(
+    make_server: ServerFactory, engine_url: str, service_name: str
+) -> None:
+    """Acknowledged means stored: a request the receiver validated but ClickHouse refuses is
+    re-encoded as the protobuf runtime read it, and the requests written with it still land."""
+    app = make_server(spool_flush_ms=300)  # both requests go into one spool file
+    hostile = _bool_127_request(service_name)
+    good = trace_request(service_name, spans=5).SerializeToString()
+    assert _post_together(app, good, hostile) == [200, 200]
+    assert app.pipeline is not None and app.pipeline.wait_stored(30)
+
+    assert _count(app, "otel_traces", service_name) == 6
+    flags = app.client.query(
+        "SELECT SpanAttributes['flag'] FROM otel_traces "
+        "WHERE ServiceName = {s:String} AND mapContains(SpanAttributes, 'flag')",
+        parameters={"s": service_name},
+    ).result_rows
+    assert flags == [("true",)]
+    assert not list(app.settings.resolved_spool_dir.glob("*.failed"))
+
+
+def test_only_the_request_clickhouse_refuses_is_set_aside(
+    make_server: ServerFactory, engine_url: str, service_name: str
+) -> None:
+    """A refused spool file is narrowed down request by request: the other clients' requests
+    written in the same flush are stored, the refused one is kept alone as ``*.failed``."""
+
+    class PoisonSink(FlakySink):
+        def __init__(self, engine_url: str) -> None:
+            super().__init__(engine_url)
+            self.release = threading.Event()
+
+        def insert(self, signal: Signal, files: list[Path], dedup_token: str | None = None):
+            self.release.wait(30)
+            if any(b"poison-pill" in path.read_bytes() for path in files):
+                raise storage.RefusedData("injected: ClickHouse cannot read this request")
+            self._writer.insert(signal, files, dedup_token)
+
+    sink = PoisonSink(engine_url)
+    app = make_server(sink=sink, spool_flush_ms=300)
+    spool = app.settings.resolved_spool_dir
+    poison = trace_request(f"{service_name}-poison-pill", spans=2).SerializeToString()
+    good = [trace_request(service_name, spans=n).SerializeToString() for n in (3, 4)]
+    assert _post_together(app, good[0], poison, good[1]) == [200, 200, 200]
+    (written,) = spool.glob("*.spool")  # one flush: the three requests in one file
+    assert len(unframe(written.read_bytes())) == 3
+    sink.release.set()
+    assert _wait_for(lambda: _count(app, "otel_traces", service_name) == 7)
+    assert _wait_for(lambda: not list(spool.glob("*.spool")))
+    (failed,) = spool.glob("*.failed")
+    assert unframe(failed.read_bytes()) == [poison]
+    assert _count(app, "otel_traces", service_name) == 7

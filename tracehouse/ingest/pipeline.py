@@ -316,11 +316,17 @@ class IngestPipeline:
                 self._sink.insert(signal, group.paths, dedup_token=group.token)
             except RefusedData as exc:
                 metrics.BATCHES.labels(signal.value, "refused").inc()
-                if len(group.files) > 1:
-                    for single in self._spool.split(group):
-                        self._insert_until_done(single)
-                else:
+                # Narrow it down to the request ClickHouse refuses: file by file, then request
+                # by request (re-encoded); only what is still refused alone is set aside.
+                pieces = (
+                    self._spool.split(group)
+                    if len(group.files) > 1
+                    else self._spool.split_requests(group)
+                )
+                if not pieces:
                     self._spool.set_aside(group, str(exc))
+                for piece in pieces:
+                    self._insert_until_done(piece)
                 return
             except Exception as exc:
                 metrics.BATCHES.labels(signal.value, "failed").inc()

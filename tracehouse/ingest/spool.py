@@ -10,6 +10,10 @@ File names sort by arrival and carry what the inserter needs:
 each); a group is fixed in a manifest (``<token>.group``) before its first insert, so that after
 a crash the same files are retried with the same deduplication token and a group that had in
 fact landed adds nothing.
+
+When ClickHouse refuses a file, the file is split into one file per request, each re-encoded
+as the protobuf runtime that validated it reads it (``split_requests``), so that only a request
+ClickHouse cannot read is set aside — not the other clients' requests written with it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import DecodeError, Message
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tracehouse.ingest import metrics
 from tracehouse.ingest.journal import request_key
@@ -246,6 +258,55 @@ class Spool:
         )
         self._publish()
 
+    def split_requests(self, group: Group) -> list[Group]:
+        """One group per request of the single file of ``group``, each request re-encoded as
+        the protobuf runtime reads it (ClickHouse refuses some encodings the runtime accepts,
+        e.g. a bool sent as 127, a uint32 varint wider than 32 bits). Empty when that changes
+        nothing (one request, already canonical): the request itself is what is refused.
+
+        Crash-safe: the pieces are written before the file is removed, and each piece's
+        deduplication token is derived from the file's name and the piece's position, so a
+        split done again after a crash inserts nothing twice."""
+        (spooled,) = group.files
+        data = spooled.path.read_bytes()
+        payloads = unframe(data)
+        pieces = [_canonical(group.signal, payload) for payload in payloads]
+        if len(pieces) == 1 and pieces[0][0] == payloads[0]:
+            return []
+        written: list[SpoolFile] = []
+        for payload, items in pieces:
+            framed = frame([payload])
+            with self._lock:
+                self._seq += 1
+                name = f"{self._seq:020d}-{group.signal.value}-{items}.spool"
+            final = self._dir / name
+            tmp = self._dir / (name + ".tmp")
+            with open(tmp, "wb") as out:
+                out.write(framed)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, final)
+            written.append(SpoolFile(final, group.signal, items, len(framed)))
+        singles = [
+            Group(f"{spooled.path.stem}-{n}", group.signal, (piece,))
+            for n, piece in enumerate(written)
+        ]
+        for single in singles:
+            manifest = self._dir / f"{single.token}.group"
+            manifest.write_text(f"{single.signal.value}\n{single.files[0].path.name}\n")
+        _fsync_dir(self._dir)
+        spooled.path.unlink(missing_ok=True)
+        (self._dir / f"{group.token}.group").unlink(missing_ok=True)
+        _fsync_dir(self._dir)
+        with self._lock:
+            kept = [f for f in self._files[group.signal] if f.path != spooled.path]
+            self._files[group.signal] = kept + written
+            self._claimed.discard(spooled.path)
+            self._claimed.update(piece.path for piece in written)
+            self._bytes += sum(piece.size for piece in written) - spooled.size
+        self._publish()
+        return singles
+
     def split(self, group: Group) -> list[Group]:
         """One group per file of ``group`` (to find the file ClickHouse refuses)."""
         (self._dir / f"{group.token}.group").unlink(missing_ok=True)
@@ -284,6 +345,39 @@ class Spool:
     def _publish(self) -> None:
         metrics.SPOOL_BYTES.set(self._bytes)
         metrics.SPOOL_FILES.set(sum(len(files) for files in self._files.values()))
+
+
+_REQUESTS: dict[Signal, type[Message]] = {
+    Signal.TRACES: ExportTraceServiceRequest,
+    Signal.LOGS: ExportLogsServiceRequest,
+    Signal.METRICS: ExportMetricsServiceRequest,
+}
+
+
+def _canonical(signal: Signal, payload: bytes) -> tuple[bytes, int]:
+    """``payload`` re-encoded as the protobuf runtime parsed it, and its item count (spans,
+    log records or data points); unchanged with a count of 1 if it does not parse."""
+    request = _REQUESTS[signal]()
+    try:
+        request.ParseFromString(payload)
+    except (DecodeError, RecursionError):
+        return payload, 1
+    return request.SerializeToString(), max(1, _items(request))
+
+
+def _items(request: Any) -> int:
+    if isinstance(request, ExportTraceServiceRequest):
+        return sum(len(s.spans) for r in request.resource_spans for s in r.scope_spans)
+    if isinstance(request, ExportLogsServiceRequest):
+        return sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
+    points = 0
+    for resource in request.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                kind = metric.WhichOneof("data")
+                if kind is not None:
+                    points += len(getattr(metric, kind).data_points)
+    return points
 
 
 def _fsync_dir(directory: Path) -> None:
