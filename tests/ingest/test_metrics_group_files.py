@@ -62,10 +62,11 @@ def test_a_group_of_several_files_is_inserted_once(
 
     counted = query(
         server,
-        "SELECT 'gauge', count(), uniqExact(TimeUnix), sum(Value) FROM otel_metrics_gauge "
-        "WHERE ServiceName = {s:String} "
+        # ORDER BY on the whole union (inside it, it would order the last SELECT only).
+        "SELECT * FROM (SELECT 'gauge', count(), uniqExact(TimeUnix), sum(Value) "
+        "FROM otel_metrics_gauge WHERE ServiceName = {s:String} "
         "UNION ALL SELECT 'histogram', count(), uniqExact(TimeUnix), sum(Count) "
-        "FROM otel_metrics_histogram WHERE ServiceName = {s:String} ORDER BY 1",
+        "FROM otel_metrics_histogram WHERE ServiceName = {s:String}) ORDER BY 1",
         s=service_name,
     )
     # 5 requests of 3 gauge and 3 histogram points; gauge values are the seconds after the
