@@ -355,13 +355,15 @@ _REQUESTS: dict[Signal, type[Message]] = {
 
 
 def _canonical(signal: Signal, payload: bytes) -> tuple[bytes, int]:
-    """``payload`` re-encoded as the protobuf runtime parsed it, and its item count (spans,
-    log records or data points); unchanged with a count of 1 if it does not parse."""
+    """``payload`` re-encoded as the protobuf runtime parsed it, without the fields it did not
+    know (what the receiver validated), and its item count (spans, log records or data
+    points, as sent); unchanged with a count of 1 if it does not parse."""
     request = _REQUESTS[signal]()
     try:
         request.ParseFromString(payload)
     except (DecodeError, RecursionError):
         return payload, 1
+    request.DiscardUnknownFields()
     return request.SerializeToString(), max(1, _items(request))
 
 
