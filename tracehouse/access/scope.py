@@ -29,8 +29,11 @@ TABLE_FILTERS: dict[str, str] = {
     "otel_logs": "ServiceName IN {services}",
     "otel_red_1m": "ServiceName IN {services}",
     "otel_db_1m": "ServiceName IN {services}",
+    "otel_red_1h": "ServiceName IN {services}",
+    "otel_db_1h": "ServiceName IN {services}",
     # An edge is visible when it touches a service of the scope (its caller or callee).
     "otel_edges_1m": "Source IN {services} OR Target IN {services}",
+    "otel_edges_1h": "Source IN {services} OR Target IN {services}",
     "otel_metrics_gauge": "ServiceName IN {services}",
     "otel_metrics_sum": "ServiceName IN {services}",
     "otel_metrics_histogram": "ServiceName IN {services}",
