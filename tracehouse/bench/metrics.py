@@ -31,11 +31,10 @@ import http.client
 import json
 import math
 import os
-import statistics
 import tempfile
 import time
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AGGREGATION_TEMPORALITY_CUMULATIVE
 
 from tracehouse.bench.ingest import _send_grpc, _send_http, _Server
+from tracehouse.bench.query import Timing
 
 _NS = 1_000_000_000
 GRPC_METHOD = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
@@ -260,28 +260,14 @@ LOOKBACK_POINTS = 90  # the 15 minutes before the hour
 
 
 @dataclass
-class QueryTiming:
-    label: str
-    path: str
-    ms: list[float] = field(default_factory=list)
+class QueryTiming(Timing):
+    """The latencies of one query (median, p95, fastest as ``bench query`` computes them)."""
+
+    label: str = ""
+    path: str = ""
     series: int = 0
     points: int = 0
     error: str = ""
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.ms) if self.ms else math.nan
-
-    @property
-    def p95(self) -> float:
-        if not self.ms:
-            return math.nan
-        ordered = sorted(self.ms)
-        return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-
-    @property
-    def fastest(self) -> float:
-        return min(self.ms) if self.ms else math.nan
 
 
 def seed_metrics(client: Any, series: int, end_s: int) -> tuple[int, float]:
@@ -314,7 +300,7 @@ def time_queries(port: int, end_s: int, runs: int) -> list[QueryTiming]:
         if group_by:
             params["group_by"] = group_by
         path = "/api/v1/metrics/query?" + urllib.parse.urlencode(params)
-        timing = QueryTiming(label, path)
+        timing = QueryTiming(label=label, path=path)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
         try:
             for run in range(-1, runs):  # run -1 warms up
