@@ -38,7 +38,7 @@ from tracehouse.bench.fuzz import (
     run_fuzz_bench,
 )
 from tracehouse.ingest.otlp_json import JsonDecodeError, parse_json
-from tracehouse.ingest.receiver import _REQUESTS
+from tracehouse.ingest.spool import REQUEST_TYPES
 from tracehouse.model import Signal
 
 LIMIT = 4 * 2**20
@@ -144,7 +144,7 @@ def test_json_decoder_raises_only_its_own_error(signal: Signal, document: Any) -
     refused with JsonDecodeError (the receivers' 400) — never another exception."""
     body = json.dumps(document).encode()
     with contextlib.suppress(JsonDecodeError):
-        parse_json(body, _REQUESTS[signal](), signal.value)
+        parse_json(body, REQUEST_TYPES[signal](), signal.value)
 
 
 @pytest.mark.parametrize("depth", [1_000, 100_000])

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Literal
 
 from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
-    ExportLogsServiceRequest,
     ExportLogsServiceResponse,
 )
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 
@@ -25,17 +21,12 @@ from tracehouse.ingest import metrics
 from tracehouse.ingest.journal import request_key
 from tracehouse.ingest.otlp_json import JsonDecodeError, parse_json
 from tracehouse.ingest.pipeline import IngestPipeline
+from tracehouse.ingest.spool import REQUEST_TYPES
 from tracehouse.ingest.validate import Inspection, inspect_logs, inspect_metrics, inspect_traces
 from tracehouse.model import Signal
 from tracehouse.storage.otlp_sql import ItemLimits
 
 Encoding = Literal["proto", "json"]
-
-_REQUESTS: dict[Signal, Callable[[], Message]] = {
-    Signal.TRACES: ExportTraceServiceRequest,
-    Signal.LOGS: ExportLogsServiceRequest,
-    Signal.METRICS: ExportMetricsServiceRequest,
-}
 
 
 class InvalidRequest(ValueError):
@@ -62,7 +53,7 @@ class OtlpReceiver:
 
     def submit(self, signal: Signal, body: bytes, encoding: Encoding) -> Submission:
         """Validate ``body`` and queue it. Raises InvalidRequest, Overloaded, Unavailable."""
-        request = _REQUESTS[signal]()
+        request = REQUEST_TYPES[signal]()
         if encoding == "json":
             try:
                 parse_json(body, request, signal.value)

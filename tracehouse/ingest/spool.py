@@ -347,7 +347,8 @@ class Spool:
         metrics.SPOOL_FILES.set(sum(len(files) for files in self._files.values()))
 
 
-_REQUESTS: dict[Signal, type[Message]] = {
+# The export request message of each signal (what spool files hold; the receivers parse into it).
+REQUEST_TYPES: dict[Signal, type[Message]] = {
     Signal.TRACES: ExportTraceServiceRequest,
     Signal.LOGS: ExportLogsServiceRequest,
     Signal.METRICS: ExportMetricsServiceRequest,
@@ -358,7 +359,7 @@ def _canonical(signal: Signal, payload: bytes) -> tuple[bytes, int]:
     """``payload`` re-encoded as the protobuf runtime parsed it, without the fields it did not
     know (what the receiver validated), and its item count (spans, log records or data
     points, as sent); unchanged with a count of 1 if it does not parse."""
-    request = _REQUESTS[signal]()
+    request = REQUEST_TYPES[signal]()
     try:
         request.ParseFromString(payload)
     except (DecodeError, RecursionError):
