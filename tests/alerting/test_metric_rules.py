@@ -54,6 +54,19 @@ def cpu(make_module_server: ServerFactory) -> Iterator[tuple[Tracehouse, str]]:
         assert provider.force_flush(30_000)
         provider.shutdown()
     assert app.pipeline is not None and app.pipeline.wait_stored(60)
+    # Both instances' points readable before any test reads them (a full CI run once saw
+    # only one instance in the first test while the later ones saw both).
+    instances = (
+        "SELECT uniqExact(ResourceAttributes['service.instance.id']) FROM otel_metrics_gauge "
+        "WHERE ServiceName = {s:String} AND MetricName = {m:String}"
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        found = app.client.query(instances, parameters={"s": service, "m": CPU}).first_row[0]
+        if found == len(INSTANCES):
+            break
+        time.sleep(0.1)
+    assert found == len(INSTANCES), f"points of {found} of {len(INSTANCES)} instances stored"
     yield app, service
 
 
