@@ -359,7 +359,7 @@ def test_bad_parameters_are_422_naming_the_parameter(
 # --- contract ----------------------------------------------------------------------------
 
 
-ROLLUPS = {"otel_red_1m", "otel_red_1h", "otel_db_1m", "otel_db_1h"}
+ROLLUPS = {"otel_red_1m", "otel_red_1h", "otel_services_1h", "otel_db_1m", "otel_db_1h"}
 
 
 def test_endpoints_read_only_the_rollups() -> None:

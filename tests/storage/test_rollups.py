@@ -20,7 +20,12 @@ import pytest
 from tests.storage.test_schema import _creatable_without_a_cluster
 from tracehouse.config import Settings
 from tracehouse.query import services, sql
-from tracehouse.query._rollups import DB_IN_WINDOW, RED_IN_WINDOW, minute_window
+from tracehouse.query._rollups import (
+    DB_IN_WINDOW,
+    RED_IN_WINDOW,
+    SERVICES_IN_WINDOW,
+    minute_window,
+)
 from tracehouse.query.params import TimeRange
 from tracehouse.storage import Migrator, SchemaOptions, all_statements, connect, conventions
 from tracehouse.storage.schema import load_migrations, parse_slow_sql_thresholds, render
@@ -509,7 +514,7 @@ def two_shards(engine_url: str) -> Iterator[tuple[Any, Any, Any]]:
             for statement in all_statements(SchemaOptions(cluster="tracehouse")):
                 if not statement.startswith("INSERT"):  # fills read the fronts, Null here
                     shard.command(_creatable_without_a_cluster(statement, "tracehouse"))
-        for table in ("otel_red_1m", "otel_db_1m", "otel_red_1h", "otel_db_1h"):
+        for table in ("otel_red_1m", "otel_db_1m", "otel_red_1h", "otel_db_1h", "otel_services_1h"):
             reader.command(
                 f"CREATE TABLE {table} AS {name_a}.{table}_local "
                 f"ENGINE = Merge(REGEXP('^({name_a}|{name_b})$'), '^{table}_local$')"
@@ -569,6 +574,12 @@ SELECT SpanName, Kind, sum(Calls), sum(Errors), sum(DurationSum), min(DurationMi
 FROM __SOURCE__ WHERE ServiceName = {s:String}
 GROUP BY SpanName, Kind ORDER BY SpanName, Kind
 """
+RED_BY_KIND = """
+SELECT Kind, sum(Calls), sum(Errors), sum(DurationSum), min(DurationMin), max(DurationMax),
+       quantilesTDigestMerge(0.5, 0.99)(DurationQuantiles)
+FROM __SOURCE__ WHERE ServiceName = {s:String}
+GROUP BY Kind ORDER BY Kind
+"""
 DB_BY_FINGERPRINT = """
 SELECT Fingerprint, any(NormalizedStatement), sum(Calls), sum(Errors), sum(SlowCalls),
        max(SlowThresholdMs), sum(DurationSum), max(DurationMax),
@@ -597,6 +608,12 @@ def test_hourly_rollups_hold_what_the_minute_rollups_hold(db: Any, service: str)
         minutes = _rows(db, template.replace("__SOURCE__", f"{table}_1m"), s=service)
         hours = _rows(db, template.replace("__SOURCE__", f"{table}_1h"), s=service)
         assert minutes and hours == minutes
+    # The services' hours (migration 0015): the same spans per kind, without the operation.
+    by_kind = _rows(db, RED_BY_KIND.replace("__SOURCE__", "otel_red_1m"), s=service)
+    assert (
+        by_kind
+        and _rows(db, RED_BY_KIND.replace("__SOURCE__", "otel_services_1h"), s=service) == by_kind
+    )
     # Exemplars: any five of the statement's traces (which five depends on the merge order).
     traces = {r["TraceId"] for r in rows if r["SpanName"] == "db"}
     (exemplars,) = _rows(
@@ -615,21 +632,26 @@ def test_hourly_rollups_hold_what_the_minute_rollups_hold(db: Any, service: str)
 def test_the_migration_fills_the_hourly_tier_from_minutes_already_rolled_up(
     db: Any, service: str
 ) -> None:
-    """A database upgraded to 0013 has minutes from before the hourly views existed."""
+    """A database upgraded to 0013 and 0015 has minutes from before the hourly views existed:
+    0013 fills the operations' hours from them, 0015 the services' from those."""
     _insert_as_collector(db, _spread_over_hours(service))
-    expected = {
-        t: _rows(db, q.replace("__SOURCE__", f"{t}_1h"), s=service)
-        for t, q in (("otel_red", RED_BY_OPERATION), ("otel_db", DB_BY_FINGERPRINT))
-    }
-    db.command("TRUNCATE TABLE otel_red_1h")
-    db.command("TRUNCATE TABLE otel_db_1h")
-    (hourly,) = [m for m in load_migrations() if m.name == "hourly_rollups"]
-    for statement in render(hourly, SchemaOptions()):
-        if statement.startswith("INSERT"):
-            db.command(statement)
-    for table, template in (("otel_red", RED_BY_OPERATION), ("otel_db", DB_BY_FINGERPRINT)):
+    tables = (
+        ("otel_red_1h", RED_BY_OPERATION),
+        ("otel_db_1h", DB_BY_FINGERPRINT),
+        ("otel_services_1h", RED_BY_KIND),
+    )
+    expected = {t: _rows(db, q.replace("__SOURCE__", t), s=service) for t, q in tables}
+    for table, _ in tables:
+        db.command(f"TRUNCATE TABLE {table}")
+    migrations = [m for m in load_migrations() if m.name in ("hourly_rollups", "service_hours")]
+    for migration in sorted(migrations, key=lambda m: m.version):
+        for statement in render(migration, SchemaOptions()):
+            if statement.startswith("INSERT"):
+                db.command(statement)
+    for table, template in tables:
         assert (
-            _rows(db, template.replace("__SOURCE__", f"{table}_1h"), s=service) == (expected[table])
+            expected[table]
+            and _rows(db, template.replace("__SOURCE__", table), s=service) == (expected[table])
         )
 
 
@@ -639,6 +661,8 @@ def test_the_migration_fills_the_hourly_tier_from_minutes_already_rolled_up(
         pytest.param(-7_200, 1_800, id="minutes-hours-minutes"),
         pytest.param(-1_700, 1_500, id="less-than-an-hour"),
         pytest.param(-3_600 * 3, 3_600, id="whole-hours"),
+        # Six hours and more: widened to whole hours, read from the hourly tables only.
+        pytest.param(-21_600 - 1_020, 780, id="widened-to-hours"),
     ],
 )
 def test_tiered_reads_equal_minute_reads_over_any_window(
@@ -657,6 +681,7 @@ def test_tiered_reads_equal_minute_reads_over_any_window(
     )
     for table, tiered, template in (
         ("otel_red_1m", RED_IN_WINDOW, RED_BY_OPERATION),
+        ("otel_red_1m", SERVICES_IN_WINDOW, RED_BY_KIND),
         ("otel_db_1m", DB_IN_WINDOW, DB_BY_FINGERPRINT),
     ):
         minutes = _rows(
@@ -707,3 +732,36 @@ def test_the_migration_fills_the_hourly_edges_from_each_minutes_latest_run(db: A
         (9, "orders", "database", 2, 2_000_000),
         (10, "api", "service", 10, 10_000_000),
     ]
+
+
+def test_ranges_of_six_hours_and_more_are_read_as_whole_hours() -> None:
+    """From HOURLY_FROM_S on a range widens to whole hours (start down, end up) and reads the
+    hourly tables only; shorter ones keep minute resolution, hours inside from the tier."""
+    day = TimeRange(MINUTE - timedelta(hours=24, seconds=30), MINUTE + timedelta(seconds=45))
+    window = minute_window(day, now=MINUTE + timedelta(hours=2))
+    assert (window.start, window.end) == (
+        datetime(2026, 11, 22, 9, tzinfo=UTC),
+        datetime(2026, 11, 23, 10, tzinfo=UTC),
+    )
+    assert window.seconds == 25 * 3600
+    parameters = window.parameters()
+    assert (parameters["hours_start"], parameters["hours_end"]) == (
+        parameters["start"],
+        parameters["end"],
+    )
+    # The current hour counts up to now only, as the current minute does.
+    assert minute_window(day, now=MINUTE).seconds == 24 * 3600 + 58 * 60
+
+    shorter = TimeRange(MINUTE - timedelta(hours=5, minutes=59), MINUTE + timedelta(seconds=45))
+    window = minute_window(shorter, now=MINUTE + timedelta(hours=2))
+    assert (window.start, window.end) == (
+        datetime(2026, 11, 23, 3, 59, tzinfo=UTC),
+        datetime(2026, 11, 23, 9, 59, tzinfo=UTC),
+    )
+    parameters = window.parameters()
+    assert (
+        parameters["start"]
+        < parameters["hours_start"]
+        < parameters["hours_end"]
+        < parameters["end"]
+    )

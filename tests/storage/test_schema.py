@@ -49,10 +49,12 @@ MV = "otel_traces_trace_id_ts_mv"
 ROLLUPS = {"otel_red_1m": "Minute", "otel_db_1m": "Minute"}
 ROLLUP_VIEWS = {"otel_red_1m": "otel_red_1m_mv", "otel_db_1m": "otel_db_1m_mv"}
 # Their hourly tier (migration 0013), each fed by a view on its minute table; TTL from Hour.
-HOURLY = {"otel_red_1h": "Hour", "otel_db_1h": "Hour"}
+# The services' hours (0015) too.
+HOURLY = {"otel_red_1h": "Hour", "otel_db_1h": "Hour", "otel_services_1h": "Hour"}
 HOURLY_VIEWS = {
     "otel_red_1h": ("otel_red_1h_mv", "otel_red_1m"),
     "otel_db_1h": ("otel_db_1h_mv", "otel_db_1m"),
+    "otel_services_1h": ("otel_services_1h_mv", "otel_red_1m"),
 }
 # Service-graph edges (migration 0005), recomputed by the worker (no view); TTL from Minute.
 EDGES = {"otel_edges_1m": "Minute", "otel_edges_1h": "Hour"}
@@ -88,6 +90,7 @@ MIGRATION_NAMES = [
     "0012_audit_log",
     "0013_hourly_rollups",
     "0014_hourly_edges",
+    "0015_service_hours",
 ]
 CLUSTER = "tracehouse"
 
@@ -532,6 +535,10 @@ def test_every_cluster_statement_parses_and_runs_on_the_cluster(client: Any, clu
         "otel_edges_1h_local",
         "otel_edges_1h",
         "INSERT otel_edges_1h",
+        "otel_services_1h_local",
+        "otel_services_1h",
+        "otel_services_1h_mv",
+        "INSERT otel_services_1h",
     ]
     on_cluster = re.compile(rf"\bON CLUSTER `?{re.escape(cluster)}`?\s")
     ddl = {name: sql for name, sql in formatted.items() if not name.startswith("INSERT ")}
@@ -597,6 +604,7 @@ def test_single_node_edges_are_a_replacing_table_versioned_by_version(migrated_d
         ("otel_db_1m", "rand()"),
         ("otel_red_1h", "rand()"),
         ("otel_db_1h", "rand()"),
+        ("otel_services_1h", "rand()"),
         # The worker inserts edges through the Distributed table; any shard will do.
         ("otel_edges_1m", "rand()"),
         ("otel_edges_1h", "rand()"),
@@ -680,6 +688,9 @@ def test_single_node_statements_parse_and_have_no_cluster_parts(client: Any) -> 
         "INSERT otel_db_1h",
         "otel_edges_1h",
         "INSERT otel_edges_1h",
+        "otel_services_1h",
+        "otel_services_1h_mv",
+        "INSERT otel_services_1h",
     ]
     for name, sql in formatted.items():
         assert "ON CLUSTER" not in sql, name

@@ -31,6 +31,7 @@ TABLE_FILTERS: dict[str, str] = {
     "otel_db_1m": "ServiceName IN {services}",
     "otel_red_1h": "ServiceName IN {services}",
     "otel_db_1h": "ServiceName IN {services}",
+    "otel_services_1h": "ServiceName IN {services}",
     # An edge is visible when it touches a service of the scope (its caller or callee).
     "otel_edges_1m": "Source IN {services} OR Target IN {services}",
     "otel_edges_1h": "Source IN {services} OR Target IN {services}",

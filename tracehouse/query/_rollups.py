@@ -8,7 +8,14 @@ minute counts only up to now (it has not happened yet beyond that).
 
 A range of hours reads its whole hours from the hourly tables (migration 0013) and only the
 minutes before the first and after the last whole hour from the minute tables: a day is 24
-hourly rows per series instead of 1,440 (``RED_IN_WINDOW``, ``DB_IN_WINDOW``).
+hourly rows per series instead of 1,440 (``RED_IN_WINDOW``, ``DB_IN_WINDOW``;
+``SERVICES_IN_WINDOW`` per service and kind, migration 0015).
+
+A range of ``HOURLY_FROM_S`` (6 hours) or more is read at hour resolution: widened to whole
+hours (start rounded down, end up), so it reads the hourly tables only. Merging the t-digest
+states of the minutes at the ends cost as much as the whole hours between them (decision
+0022); a day's view does not need its ends to the minute, and the answer's ``start`` and
+``end`` say what was counted.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from tracehouse.query.params import TimeRange, invalid
 
 _MINUTE = 60
 _HOUR = 3600
+HOURLY_FROM_S = 6 * _HOUR
 _NS_PER_MS = 1_000_000
 
 # For reading a window and its baseline in one pass: ``WITH {WINDOW_AND_BASELINE}`` names the
@@ -63,6 +71,13 @@ RED_IN_WINDOW = _tiered(
     "ServiceName, SpanName, Kind, Calls, Errors, DurationSum, DurationMin, DurationMax, "
     "DurationQuantiles",
 )
+# Per service and kind (no operation): whole hours from the services' hourly table (migration
+# 0015), one row per kind instead of one per operation.
+SERVICES_IN_WINDOW = _tiered(
+    "otel_red_1m",
+    "otel_services_1h",
+    "ServiceName, Kind, Calls, Errors, DurationSum, DurationMin, DurationMax, DurationQuantiles",
+)
 DB_IN_WINDOW = _tiered(
     "otel_db_1m",
     "otel_db_1h",
@@ -82,7 +97,8 @@ KIND_DESCRIPTION = (
 
 @dataclass(frozen=True)
 class MinuteWindow:
-    """The whole minutes a time range overlaps, and the seconds rates are computed over."""
+    """The whole minutes (from ``HOURLY_FROM_S`` on, whole hours) a time range overlaps, and
+    the seconds rates are computed over."""
 
     start: dt.datetime
     end: dt.datetime
@@ -101,8 +117,14 @@ class MinuteWindow:
 
 
 def minute_window(time_range: TimeRange, now: dt.datetime | None = None) -> MinuteWindow:
-    start_s = math.floor(time_range.start.timestamp() / _MINUTE) * _MINUTE
-    end_s = math.ceil(time_range.end.timestamp() / _MINUTE) * _MINUTE
+    """The whole minutes ``time_range`` overlaps; whole hours from ``HOURLY_FROM_S`` on."""
+    step = (
+        _HOUR
+        if time_range.end - time_range.start >= dt.timedelta(seconds=HOURLY_FROM_S)
+        else _MINUTE
+    )
+    start_s = math.floor(time_range.start.timestamp() / step) * step
+    end_s = math.ceil(time_range.end.timestamp() / step) * step
     now_s = (now or dt.datetime.now(dt.UTC)).timestamp()
     covered = min(end_s, now_s) - start_s
     if covered <= 0:  # a window entirely in the future: nothing to count, keep rates finite

@@ -1,10 +1,10 @@
 """Top-N application report (``GET /api/v1/reports/top``): the services, operations, SQL
 statements or failing operations that rank highest by latency, traffic, errors or time spent.
 
-Reads the rollups only, never raw spans: ``otel_red_1m``/``_1h`` for services, operations and
-errors, ``otel_db_1m``/``_1h`` for SQL fingerprints (whole hours from the hourly tier),
-``otel_edges_1m``/``_1h`` for service-graph edges. The
-statement for each (entity, ranking) pair is built once when the module loads from fixed
+Reads the rollups only, never raw spans (whole hours from the hourly tier): ``otel_red_1m``/
+``_1h`` for operations and errors, ``otel_red_1m`` and ``otel_services_1h`` for services,
+``otel_db_1m``/``_1h`` for SQL fingerprints, ``otel_edges_1m``/``_1h`` for service-graph
+edges. The statement for each (entity, ranking) pair is built once when the module loads from fixed
 text; request values only ever reach ClickHouse as bound parameters.
 """
 
@@ -22,6 +22,7 @@ from tracehouse.query._rollups import (
     DB_IN_WINDOW,
     KIND_DESCRIPTION,
     RED_IN_WINDOW,
+    SERVICES_IN_WINDOW,
     MinuteWindow,
     kinds,
     minute_window,
@@ -95,7 +96,7 @@ _AGGREGATES = """
 _SERVICE_SQL = f"""
 SELECT
     ServiceName AS service,{_AGGREGATES}
-FROM {RED_IN_WINDOW}
+FROM {SERVICES_IN_WINDOW}
 WHERE has({{kinds:Array(String)}}, Kind)
 GROUP BY ServiceName
 HAVING calls > 0

@@ -2,8 +2,8 @@
 ``GET /api/v1/services/{service}/operations``).
 
 Both read the rollups only (``otel_red_1m``, migration 0004, and for whole hours
-``otel_red_1h``, 0013), never raw spans, so their cost depends on the number of services,
-operations and hours, not on traffic. Through the
+``otel_services_1h``, 0015, or ``otel_red_1h``, 0013), never raw spans, so their cost depends
+on the number of services, operations and hours, not on traffic. Through the
 ``Distributed`` table of cluster mode the shards' partial states are merged the same way.
 """
 
@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from tracehouse.query._rollups import (
     KIND_DESCRIPTION,
     RED_IN_WINDOW,
+    SERVICES_IN_WINDOW,
     MinuteWindow,
     kinds,
     minute_window,
@@ -39,7 +40,7 @@ SELECT
     maxIf(DurationMax, has({{kinds:Array(String)}}, Kind)) AS duration_max,
     quantilesTDigestMergeIf(0.5, 0.95, 0.99)(DurationQuantiles, has({{kinds:Array(String)}}, Kind))
         AS quantiles
-FROM {RED_IN_WINDOW}
+FROM {SERVICES_IN_WINDOW}
 GROUP BY ServiceName
 ORDER BY ServiceName
 """

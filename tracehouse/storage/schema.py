@@ -32,6 +32,7 @@ _TTL_COLUMNS = {
     "otel_red_1h": "Hour",
     "otel_db_1h": "Hour",
     "otel_edges_1h": "Hour",
+    "otel_services_1h": "Hour",
     "otel_metrics_gauge": "toDateTime(TimeUnix)",
     "otel_metrics_sum": "toDateTime(TimeUnix)",
     "otel_metrics_histogram": "toDateTime(TimeUnix)",
@@ -44,6 +45,7 @@ _ENGINES = {
     "otel_db_1m": "AggregatingMergeTree",
     "otel_red_1h": "AggregatingMergeTree",
     "otel_db_1h": "AggregatingMergeTree",
+    "otel_services_1h": "AggregatingMergeTree",
     # Recomputed by the worker, newest Version wins (migration 0005).
     "otel_edges_1m": "ReplacingMergeTree",
     "otel_edges_1h": "ReplacingMergeTree",

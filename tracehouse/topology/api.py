@@ -2,7 +2,7 @@
 
 Reads only the edge tables ``otel_edges_1m``/``_1h`` (written by the worker's
 :class:`~tracehouse.topology.edges.EdgeBuilder`; whole hours from the hourly one) and the RED
-rollups ``otel_red_1m``/``_1h``
+rollups ``otel_red_1m`` and ``otel_services_1h``
 (the services' own rate, errors and latency); never raw spans. Of each minute it keeps the
 rows of the latest recomputation (``Version``), as migration 0005 describes. The graph, the
 ``service``/``depth`` neighbourhood and the layout are computed with networkx.
@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from tracehouse.query._rollups import (
     ENTRY_KINDS,
-    RED_IN_WINDOW,
+    SERVICES_IN_WINDOW,
     MinuteWindow,
     minute_window,
     ms,
@@ -66,7 +66,7 @@ SELECT
     sum(Calls) AS calls,
     sum(Errors) AS errors,
     quantilesTDigestMerge(0.5, 0.95, 0.99)(DurationQuantiles) AS quantiles
-FROM {RED_IN_WINDOW}
+FROM {SERVICES_IN_WINDOW}
 WHERE has({{services:Array(String)}}, ServiceName)
   AND has({{kinds:Array(String)}}, Kind)
 GROUP BY node
@@ -278,14 +278,15 @@ def router(client: Any) -> APIRouter:
             int, Query(ge=1, le=MAX_DEPTH, description="hops from `service` (with `service`)")
         ] = 1,
     ) -> Topology:
-        """The service graph over ``start``..``end`` (widened to whole minutes).
+        """The service graph over ``start``..``end`` (widened to whole minutes; to whole hours
+        from 6 hours on).
 
         Nodes: services (calls, errors and p50/p95/p99 of their entry spans, from
-        ``otel_red_1m``), virtual peers — ``database``, ``messaging``, ``external`` (calls and
-        latency as their callers saw them) — and ``user`` (root server spans), each with
-        layout coordinates ``x``, ``y`` in [0, 1]. Edges: calls, errors and latency as the
-        client and as the server saw it. ``service`` keeps the edges within ``depth`` hops
-        upstream and downstream of it (an unknown service: an empty graph).
+        ``otel_red_1m`` and ``otel_services_1h``), virtual peers — ``database``, ``messaging``,
+        ``external`` (calls and latency as their callers saw them) — and ``user`` (root server
+        spans), each with layout coordinates ``x``, ``y`` in [0, 1]. Edges: calls, errors and
+        latency as the client and as the server saw it. ``service`` keeps the edges within
+        ``depth`` hops upstream and downstream of it (an unknown service: an empty graph).
         """
         if service is not None and not service.strip():
             raise invalid("service", "must not be empty")
