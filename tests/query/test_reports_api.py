@@ -464,7 +464,11 @@ def test_n_bounds_are_accepted(apm: Apm) -> None:
 def test_reports_read_only_the_rollups_with_bound_parameters() -> None:
     assert len(reports.TOP_SQL) == 4 * 5 + 2
     red = {"otel_red_1m", "otel_red_1h"}
-    rollup = {"sql": {"otel_db_1m", "otel_db_1h"}, "edge": {"otel_edges_1m", "otel_edges_1h"}}
+    rollup = {
+        "service": {"otel_red_1m", "otel_services_1h"},
+        "sql": {"otel_db_1m", "otel_db_1h"},
+        "edge": {"otel_edges_1m", "otel_edges_1h"},
+    }
     for (entity, _by), statement in reports.TOP_SQL.items():
         tables = set(re.findall(r"\bFROM\s+(\w+)", statement))
         assert tables == rollup.get(entity, red)
