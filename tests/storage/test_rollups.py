@@ -25,6 +25,7 @@ from tracehouse.query._rollups import (
     RED_IN_WINDOW,
     SERVICES_IN_WINDOW,
     minute_window,
+    overview_window,
 )
 from tracehouse.query.params import TimeRange
 from tracehouse.storage import Migrator, SchemaOptions, all_statements, connect, conventions
@@ -671,7 +672,7 @@ def test_tiered_reads_equal_minute_reads_over_any_window(
     """RED_IN_WINDOW / DB_IN_WINDOW (whole hours from the hourly tier, the rest from minutes)
     count every span of the window once, like the minute tables alone."""
     _insert_as_collector(db, _spread_over_hours(service))
-    window = minute_window(
+    window = overview_window(
         TimeRange(MINUTE + timedelta(seconds=start_s), MINUTE + timedelta(seconds=end_s))
     )
     parameters = {**window.parameters(), "s": service}
@@ -734,11 +735,16 @@ def test_the_migration_fills_the_hourly_edges_from_each_minutes_latest_run(db: A
     ]
 
 
-def test_ranges_of_six_hours_and_more_are_read_as_whole_hours() -> None:
-    """From HOURLY_FROM_S on a range widens to whole hours (start down, end up) and reads the
-    hourly tables only; shorter ones keep minute resolution, hours inside from the tier."""
+def test_overviews_of_six_hours_and_more_are_read_as_whole_hours() -> None:
+    """From HOURLY_FROM_S on an overview's range widens to whole hours (start down, end up)
+    and reads the hourly tables only; shorter ones keep minute resolution, hours inside from
+    the tier. Readers comparing windows (minute_window) keep minutes at any length."""
     day = TimeRange(MINUTE - timedelta(hours=24, seconds=30), MINUTE + timedelta(seconds=45))
-    window = minute_window(day, now=MINUTE + timedelta(hours=2))
+    assert (minute_window(day).start, minute_window(day).end) == (
+        datetime(2026, 11, 22, 9, 57, tzinfo=UTC),
+        datetime(2026, 11, 23, 9, 59, tzinfo=UTC),
+    )
+    window = overview_window(day, now=MINUTE + timedelta(hours=2))
     assert (window.start, window.end) == (
         datetime(2026, 11, 22, 9, tzinfo=UTC),
         datetime(2026, 11, 23, 10, tzinfo=UTC),
@@ -750,10 +756,10 @@ def test_ranges_of_six_hours_and_more_are_read_as_whole_hours() -> None:
         parameters["end"],
     )
     # The current hour counts up to now only, as the current minute does.
-    assert minute_window(day, now=MINUTE).seconds == 24 * 3600 + 58 * 60
+    assert overview_window(day, now=MINUTE).seconds == 24 * 3600 + 58 * 60
 
     shorter = TimeRange(MINUTE - timedelta(hours=5, minutes=59), MINUTE + timedelta(seconds=45))
-    window = minute_window(shorter, now=MINUTE + timedelta(hours=2))
+    window = overview_window(shorter, now=MINUTE + timedelta(hours=2))
     assert (window.start, window.end) == (
         datetime(2026, 11, 23, 3, 59, tzinfo=UTC),
         datetime(2026, 11, 23, 9, 59, tzinfo=UTC),

@@ -11,11 +11,12 @@ minutes before the first and after the last whole hour from the minute tables: a
 hourly rows per series instead of 1,440 (``RED_IN_WINDOW``, ``DB_IN_WINDOW``;
 ``SERVICES_IN_WINDOW`` per service and kind, migration 0015).
 
-A range of ``HOURLY_FROM_S`` (6 hours) or more is read at hour resolution: widened to whole
-hours (start rounded down, end up), so it reads the hourly tables only. Merging the t-digest
-states of the minutes at the ends cost as much as the whole hours between them (decision
-0022); a day's view does not need its ends to the minute, and the answer's ``start`` and
-``end`` say what was counted.
+Overviews (``overview_window``) read a range of ``HOURLY_FROM_S`` (6 hours) or more at hour
+resolution: widened to whole hours (start rounded down, end up), so it reads the hourly
+tables only. Merging the t-digest states of the minutes at the ends cost as much as the whole
+hours between them (decision 0022); a day's view does not need its ends to the minute, and
+the answer's ``start`` and ``end`` say what was counted. Readers comparing a window with a
+baseline read minutes only and keep minute precision (``minute_window``).
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ KIND_DESCRIPTION = (
 
 @dataclass(frozen=True)
 class MinuteWindow:
-    """The whole minutes (from ``HOURLY_FROM_S`` on, whole hours) a time range overlaps, and
-    the seconds rates are computed over."""
+    """The whole minutes (or hours, see ``overview_window``) a time range overlaps, and the
+    seconds rates are computed over."""
 
     start: dt.datetime
     end: dt.datetime
@@ -117,12 +118,18 @@ class MinuteWindow:
 
 
 def minute_window(time_range: TimeRange, now: dt.datetime | None = None) -> MinuteWindow:
-    """The whole minutes ``time_range`` overlaps; whole hours from ``HOURLY_FROM_S`` on."""
-    step = (
-        _HOUR
-        if time_range.end - time_range.start >= dt.timedelta(seconds=HOURLY_FROM_S)
-        else _MINUTE
-    )
+    """The whole minutes ``time_range`` overlaps."""
+    return _whole(time_range, _MINUTE, now)
+
+
+def overview_window(time_range: TimeRange, now: dt.datetime | None = None) -> MinuteWindow:
+    """What an overview reads of ``time_range``: its whole minutes, or from ``HOURLY_FROM_S``
+    on its whole hours."""
+    long = time_range.end - time_range.start >= dt.timedelta(seconds=HOURLY_FROM_S)
+    return _whole(time_range, _HOUR if long else _MINUTE, now)
+
+
+def _whole(time_range: TimeRange, step: int, now: dt.datetime | None) -> MinuteWindow:
     start_s = math.floor(time_range.start.timestamp() / step) * step
     end_s = math.ceil(time_range.end.timestamp() / step) * step
     now_s = (now or dt.datetime.now(dt.UTC)).timestamp()

@@ -25,8 +25,8 @@ from tracehouse.query._rollups import (
     SERVICES_IN_WINDOW,
     MinuteWindow,
     kinds,
-    minute_window,
     ms,
+    overview_window,
     quantiles_ms,
     rate,
 )
@@ -283,7 +283,7 @@ def router(client: Any) -> APIRouter:
             selected: list[str] = []
         else:
             selected = kinds("kind", kind, DEFAULT_KIND[entity])
-        window = minute_window(span_range)
+        window = overview_window(span_range)
         parameters: dict[str, Any] = {**window.parameters(), "n": n}
         if selected:
             parameters["kinds"] = selected

@@ -21,8 +21,8 @@ from tracehouse.query._rollups import (
     SERVICES_IN_WINDOW,
     MinuteWindow,
     kinds,
-    minute_window,
     ms,
+    overview_window,
     quantiles_ms,
     rate,
 )
@@ -147,7 +147,7 @@ def router(client: Any) -> APIRouter:
         range is widened to whole minutes, as ``start``/``end`` in the answer say.
         """
         selected = kinds("kind", kind, "entry")
-        window = minute_window(span_range)
+        window = overview_window(span_range)
         rows = _rows(client, SERVICES_SQL, {**window.parameters(), "kinds": selected})
         return ServicesPage(
             start=window.start,
@@ -166,7 +166,7 @@ def router(client: Any) -> APIRouter:
         """The service's operations (span name and kind) in the range, busiest first, with the
         same figures as ``/services``. An unknown service has no operations (an empty list)."""
         selected = kinds("kind", kind, "all")
-        window = minute_window(span_range)
+        window = overview_window(span_range)
         parameters = {**window.parameters(), "kinds": selected, "service": service}
         rows = _rows(client, OPERATIONS_SQL, parameters)
         return OperationsPage(

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
-from tracehouse.query._rollups import DB_IN_WINDOW, minute_window, ms, quantiles_ms, rate
+from tracehouse.query._rollups import DB_IN_WINDOW, ms, overview_window, quantiles_ms, rate
 from tracehouse.query.params import TimeRange, time_range
 
 Sort = Literal["total", "p99", "calls", "slow", "errors"]
@@ -149,7 +149,7 @@ def router(client: Any) -> APIRouter:
         Read from the minute rollup: the range is widened to whole minutes (``start``/``end``
         in the answer). ``limit`` 1 to 500; a bad ``sort`` or ``limit`` is a 422 naming it.
         """
-        window = minute_window(span_range)
+        window = overview_window(span_range)
         parameters = {
             **window.parameters(),
             "service": service,

@@ -22,8 +22,8 @@ from tracehouse.query._rollups import (
     ENTRY_KINDS,
     SERVICES_IN_WINDOW,
     MinuteWindow,
-    minute_window,
     ms,
+    overview_window,
     quantiles_ms,
     rate,
 )
@@ -290,7 +290,7 @@ def router(client: Any) -> APIRouter:
         """
         if service is not None and not service.strip():
             raise invalid("service", "must not be empty")
-        window = minute_window(span_range)
+        window = overview_window(span_range)
         nodes, edges = build(client, window, service, depth)
         return Topology(
             start=window.start,
