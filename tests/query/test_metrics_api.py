@@ -397,6 +397,31 @@ def test_rate_of_a_gauge_is_refused(app: Tracehouse, service_name: str) -> None:
     assert "gauge" in response.json()["detail"][0]["msg"]
 
 
+def test_labels_are_json_escaped_and_in_group_by_order(app: Tracehouse, service_name: str):
+    """ClickHouse writes the endpoint's JSON: quotes, backslashes and non-ASCII label values,
+    keys in the order asked, a label absent from a series as an empty string."""
+    for instance, value in (('a"b\\c', 1.5), ("é-1", 0.25)):
+        gauge = Metric(name="app.queue.depth")
+        gauge.gauge.data_points.add(time_unix_nano=T0 + 5 * S, as_double=value)
+        _send(app, service_name, gauge, **{"service.instance.id": instance})
+    body = _series(
+        app,
+        name="app.queue.depth",
+        filter=f"service.name={service_name}",
+        group_by="service.instance.id,host.name,service.name",
+        step=10,
+        **_window(0, 10),
+    )
+    assert [list(s["labels"]) for s in body["series"]] == [
+        ["service.instance.id", "host.name", "service.name"]
+    ] * 2
+    assert _values(body) == {
+        ('a"b\\c', "", service_name): [[T0 // S, 1.5]],
+        ("é-1", "", service_name): [[T0 // S, 0.25]],
+    }
+    assert all(isinstance(t, int) for s in body["series"] for t, _ in s["points"])
+
+
 @pytest.mark.parametrize(
     ("q", "bounds", "counts", "high", "expected"),
     [

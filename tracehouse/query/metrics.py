@@ -201,11 +201,20 @@ ORDER BY labels
 LIMIT {max_series:UInt32}"""
 
 
-def _as_series(sql: str) -> str:
-    return _sql(_AS_SERIES, points=sql)
-
-
-LEVEL_SQL = {key: _as_series(sql) for key, sql in LEVEL_SQL.items()}
+# The same as JSON, one ``Series`` object per row, for the endpoint: encoding a thousand
+# series of 360 points in ClickHouse instead of decoding them into Python and encoding them
+# again saves 0.2-0.5 s per answer (docs/performance.md, Metrics).
+_AS_JSON = """
+SELECT concat('{"labels":', toJSONString(mapFromArrays({group_by:Array(String)}, labels)),
+              ',"points":', toJSONString(arrayMap(p -> (toUInt32(p.1), p.2), points)), '}')
+FROM (
+    SELECT labels, arraySort(p -> p.1, groupArray((t, value))) AS points
+    FROM ($points)
+    WHERE isFinite(value)
+    GROUP BY labels
+)
+ORDER BY labels
+LIMIT {max_series:UInt32}"""
 
 # Each point with its predecessor in the same series (window functions over the series).
 _WITH_PREVIOUS = """
@@ -255,8 +264,6 @@ RATE_SQL = _sql(
     ),
     **_FRAGMENTS,
 )
-
-RATE_SQL = _as_series(RATE_SQL)
 
 # Histogram deltas per point, added per group and bucket (one row per bucket layout).
 _LAYOUTS = """
@@ -334,16 +341,24 @@ _HISTOGRAM_VALUES: dict[Aggregation, str] = {
     "min": "min(group_min)",
 }
 HISTOGRAM_SQL = {
-    agg: _as_series(
-        _sql(
-            _HISTOGRAM_SQL,
-            value=value,
-            quantile=_BUCKET_QUANTILE if agg in QUANTILES else "0 AS q",
-            layouts=_HISTOGRAM_LAYOUTS,
-        )
+    agg: _sql(
+        _HISTOGRAM_SQL,
+        value=value,
+        quantile=_BUCKET_QUANTILE if agg in QUANTILES else "0 AS q",
+        layouts=_HISTOGRAM_LAYOUTS,
     )
     for agg, value in _HISTOGRAM_VALUES.items()
 }
+
+# Per (type, aggregation) answered in SQL, the points of each group and bucket (``labels``,
+# ``t``, ``value``); wrapped as arrays per group (SERIES_SQL) or as JSON (JSON_SQL).
+_POINTS_SQL: dict[tuple[str, str], str] = {
+    **LEVEL_SQL,
+    ("sum", "rate"): RATE_SQL,
+    **{("histogram", agg): sql for agg, sql in HISTOGRAM_SQL.items()},
+}
+SERIES_SQL = {key: _sql(_AS_SERIES, points=sql) for key, sql in _POINTS_SQL.items()}
+JSON_SQL = {key: _sql(_AS_JSON, points=sql) for key, sql in _POINTS_SQL.items()}
 
 # Exponential histogram points of the window (deltas and merging are done in Python: bucket
 # indexes shift with the offset and the scale).
@@ -467,6 +482,50 @@ def query_series(client: Any, request: SeriesQuery) -> dict[str, Any]:
     module docstring), shaped as ``SeriesResult`` (a plain dict: a thousand series of hundreds
     of points would spend seconds in model validation). Raises MetricQueryError when the
     aggregation does not apply."""
+    return _with_series(client, request, *_plan(client, request))
+
+
+def query_series_json(client: Any, request: SeriesQuery) -> str:
+    """``query_series`` encoded as JSON; gauges, sums and histograms are encoded by
+    ClickHouse."""
+    result, params = _plan(client, request)
+    sql = JSON_SQL.get((result["type"], result["agg"]))
+    if sql is None:
+        answer = _with_series(client, request, result, params)
+        return json.dumps(answer, separators=(",", ":"), allow_nan=False)
+    head = json.dumps(result, separators=(",", ":"), allow_nan=False)
+    series = ",".join(row[0] for row in _rows(client, sql, params))
+    return f"{head.removesuffix('[]}')}[{series}]}}"
+
+
+def _with_series(
+    client: Any, request: SeriesQuery, result: dict[str, Any], params: dict[str, Any]
+) -> dict[str, Any]:
+    """``result`` of ``_plan`` with its ``series``."""
+    kind, agg = result["type"], result["agg"]
+    if kind is None:
+        return result
+    if (kind, agg) in SERIES_SQL:
+        grouped = {
+            tuple(labels): list(zip(times, values, strict=True))
+            for labels, times, values in _rows(client, SERIES_SQL[(kind, agg)], params)
+        }
+    elif kind == "exponential_histogram":
+        rows = _rows(client, EXPONENTIAL_SQL, params)
+        grouped = _group(_exponential_values(rows, agg, params["from_ns"]))
+    else:
+        grouped = _group(_summary_values(_rows(client, SUMMARY_SQL, params), agg))
+    keys = request.group_by
+    result["series"] = [
+        {"labels": dict(zip(keys, labels, strict=True)), "points": points}
+        for labels, points in list(grouped.items())[: request.max_series]
+    ]
+    return result
+
+
+def _plan(client: Any, request: SeriesQuery) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The answer without its series (``type`` None when the metric has no points) and the
+    query parameters. Raises MetricQueryError when the aggregation does not apply."""
     window = request.window
     base: dict[str, Any] = {
         "name": request.name,
@@ -493,38 +552,13 @@ def query_series(client: Any, request: SeriesQuery) -> dict[str, Any]:
         "end": int(window.end.timestamp()),
         "series": [],
     }
-    if kind is None:
-        return result
     if kind == "gauge" and agg == "rate":
         raise MetricQueryError(
             "agg", f"{request.name!r} is a gauge: rate applies to sums and histograms"
         )
-    if kind in ("gauge", "sum", "histogram"):
-        if kind == "histogram":
-            sql = HISTOGRAM_SQL[agg]
-        else:
-            sql = RATE_SQL if agg == "rate" else LEVEL_SQL[(kind, agg)]
-        params = {**base, "level": QUANTILES.get(agg, 0.5)}
-        grouped = {
-            tuple(labels): list(zip(times, values, strict=True))
-            for labels, times, values in _rows(client, sql, params)
-        }
-    elif kind == "exponential_histogram":
-        rows = _rows(client, EXPONENTIAL_SQL, base)
-        grouped = _group(_exponential_values(rows, agg, base["from_ns"]))
-    else:
-        if agg in ("max", "min", "sum"):
-            raise MetricQueryError(
-                "agg", f"{request.name!r} is a summary: use avg, rate, p95 or p99"
-            )
-        params = {**base, "level": QUANTILES.get(agg, 0.5)}
-        grouped = _group(_summary_values(_rows(client, SUMMARY_SQL, params), agg))
-    keys = request.group_by
-    result["series"] = [
-        {"labels": dict(zip(keys, labels, strict=True)), "points": points}
-        for labels, points in list(grouped.items())[: request.max_series]
-    ]
-    return result
+    if kind == "summary" and agg in ("max", "min", "sum"):
+        raise MetricQueryError("agg", f"{request.name!r} is a summary: use avg, rate, p95 or p99")
+    return result, {**base, "level": QUANTILES.get(agg, 0.5)}
 
 
 def _metric_type(client: Any, params: dict[str, Any]) -> tuple[MetricType | None, bool]:
@@ -860,10 +894,9 @@ def router(client: Any) -> APIRouter:
             max_series=limit,
         )
         try:
-            result = query_series(client, request)
+            body = query_series_json(client, request)
         except MetricQueryError as exc:
             raise invalid(exc.parameter, str(exc)) from exc
-        body = json.dumps(result, separators=(",", ":"), allow_nan=False)
         return Response(body, media_type="application/json")
 
     return api
