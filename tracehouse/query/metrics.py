@@ -187,34 +187,31 @@ LEVEL_SQL.update(
 )
 
 # One row per group, its points sorted by time: far fewer rows to decode than one per point.
-# Buckets without a value (nan: no observations, no seconds) are left out here, so Python only
-# zips the two arrays.
-_AS_SERIES = """
-SELECT labels, arrayMap(p -> p.1, points) AS times, arrayMap(p -> p.2, points) AS values
+# Buckets without a value (nan: no observations, no seconds) are left out here. $columns are
+# either the two arrays Python zips (_AS_ARRAYS) or, for the endpoint, the group's ``Series``
+# as JSON (_AS_JSON): encoding a thousand series of 360 points in ClickHouse instead of
+# decoding them into Python and encoding them again saves 0.2-0.4 s per answer
+# (docs/performance.md, Metrics).
+_PER_GROUP = """
+SELECT $columns
 FROM (
     SELECT labels, arraySort(p -> p.1, groupArray((t, value))) AS points
-    FROM ($points)
+    FROM ($$points)
     WHERE isFinite(value)
     GROUP BY labels
 )
 ORDER BY labels
 LIMIT {max_series:UInt32}"""
-
-
-# The same as JSON, one ``Series`` object per row, for the endpoint: encoding a thousand
-# series of 360 points in ClickHouse instead of decoding them into Python and encoding them
-# again saves 0.2-0.5 s per answer (docs/performance.md, Metrics).
-_AS_JSON = """
-SELECT concat('{"labels":', toJSONString(mapFromArrays({group_by:Array(String)}, labels)),
-              ',"points":', toJSONString(arrayMap(p -> (toUInt32(p.1), p.2), points)), '}')
-FROM (
-    SELECT labels, arraySort(p -> p.1, groupArray((t, value))) AS points
-    FROM ($points)
-    WHERE isFinite(value)
-    GROUP BY labels
+_AS_ARRAYS = _sql(
+    _PER_GROUP,
+    columns="labels, arrayMap(p -> p.1, points) AS times, arrayMap(p -> p.2, points) AS values",
 )
-ORDER BY labels
-LIMIT {max_series:UInt32}"""
+_AS_JSON = _sql(
+    _PER_GROUP,
+    columns="""concat(
+        '{"labels":', toJSONString(mapFromArrays({group_by:Array(String)}, labels)),
+        ',"points":', toJSONString(arrayMap(p -> (toUInt32(p.1), p.2), points)), '}')""",
+)
 
 # Each point with its predecessor in the same series (window functions over the series).
 _WITH_PREVIOUS = """
@@ -357,7 +354,7 @@ _POINTS_SQL: dict[tuple[str, str], str] = {
     ("sum", "rate"): RATE_SQL,
     **{("histogram", agg): sql for agg, sql in HISTOGRAM_SQL.items()},
 }
-SERIES_SQL = {key: _sql(_AS_SERIES, points=sql) for key, sql in _POINTS_SQL.items()}
+SERIES_SQL = {key: _sql(_AS_ARRAYS, points=sql) for key, sql in _POINTS_SQL.items()}
 JSON_SQL = {key: _sql(_AS_JSON, points=sql) for key, sql in _POINTS_SQL.items()}
 
 # Exponential histogram points of the window (deltas and merging are done in Python: bucket
