@@ -490,9 +490,10 @@ def query_series_json(client: Any, request: SeriesQuery) -> str:
     if sql is None:
         answer = _with_series(client, request, result, params)
         return json.dumps(answer, separators=(",", ":"), allow_nan=False)
-    head = json.dumps(result, separators=(",", ":"), allow_nan=False)
+    head = {key: value for key, value in result.items() if key != "series"}
+    encoded = json.dumps(head, separators=(",", ":"), allow_nan=False)
     series = ",".join(row[0] for row in _rows(client, sql, params))
-    return f"{head.removesuffix('[]}')}[{series}]}}"
+    return f'{encoded[:-1]},"series":[{series}]}}'
 
 
 def _with_series(
