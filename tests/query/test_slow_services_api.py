@@ -193,6 +193,31 @@ def test_a_higher_factor_and_more_calls_needed_judge_fewer(scene: Scene) -> None
     assert scene.items(min_calls=13) == {}
 
 
+def test_the_exemplars_are_the_slowest_calls_two_of_them_in_one_minute(scene: Scene) -> None:
+    # Three 50 ms calls a minute for four minutes, and one or two slow ones in each: the three
+    # slowest (900 and 800 ms in the first minute, 700 in the second) are the exemplars, not
+    # the slowest call of each of the three slowest minutes (900, 700, 650).
+    run = Run()
+    slow_ms = {1: (900, 800), 2: (700,), 3: (600,), 4: (650,)}
+    spans: list[Span] = []
+    for minute, peaks in slow_ms.items():
+        durations = (50, 50, 50, *peaks)
+        for i, duration in enumerate(durations):
+            at = run.at(minute * 60_000 + i * 1_000)
+            spans.append(Span(run.name("peaks"), "server", at, duration, name="GET /peaks"))
+    send(scene.app, *spans)
+    slowest = {s.trace_id for s in spans if s.duration_ms in (900, 800, 700)}
+
+    start = run.base_ns // 10**9 + 60
+    items = {
+        (item["service"], item["operation"]): item
+        for item in scene.ok(start=str(start), end=str(start + 240), threshold_ms="100")["items"]
+    }
+    operation = items[(run.name("peaks"), "GET /peaks")]
+    assert operation["calls"] == len(spans)
+    assert set(operation["exemplar_trace_ids"]) == slowest
+
+
 def test_the_most_severe_come_first(scene: Scene) -> None:
     order = [
         item["service"]

@@ -22,10 +22,13 @@ from tracehouse.config import Settings
 from tracehouse.query import services, sql
 from tracehouse.query._rollups import (
     DB_IN_WINDOW,
+    DB_IN_WINDOW_AND_BASELINE,
     RED_IN_WINDOW,
     SERVICES_IN_WINDOW,
+    WINDOW_AND_BASELINE,
     minute_window,
     overview_window,
+    window_and_baseline,
 )
 from tracehouse.query.params import TimeRange
 from tracehouse.storage import Migrator, SchemaOptions, all_statements, connect, conventions
@@ -692,6 +695,33 @@ def test_tiered_reads_equal_minute_reads_over_any_window(
         )
         assert minutes, table
         assert _rows(db, template.replace("__SOURCE__", tiered), **parameters) == minutes
+
+
+def test_a_window_and_its_baseline_read_by_hours_count_like_minutes(db: Any, service: str) -> None:
+    """DB_IN_WINDOW_AND_BASELINE (slow services' SQL time): the baseline (07:58-09:08) holds the
+    whole hour 08:00 and the window (09:08-11:00) minutes and the whole hour 10:00; each span
+    counts once, on its side, as when both are read from minutes."""
+    _insert_as_collector(db, _spread_over_hours(service))
+    window = minute_window(
+        TimeRange(MINUTE - timedelta(seconds=3_000), MINUTE + timedelta(hours=1, minutes=2))
+    )
+    base_start, base_end = MINUTE - timedelta(seconds=7_200), window.start
+    parameters = {**window_and_baseline(window, base_start, base_end), "s": service}
+    assert parameters["base_hours_start"] < parameters["base_hours_end"]
+    assert parameters["hours_start"] < parameters["hours_end"]
+    template = f"""
+    WITH {WINDOW_AND_BASELINE}
+    SELECT Fingerprint, sumIf(Calls, Current), sumIf(Calls, Base), sumIf(DurationSum, Current),
+           sumIf(DurationSum, Base), quantilesTDigestMergeIf(0.5, 0.99)(DurationQuantiles, Base),
+           argMaxMergeIf(SlowestTraceId, Current), argMaxMergeIf(SlowestTraceId, Base)
+    FROM __SOURCE__ WHERE ServiceName = {{s:String}} AND (Current OR Base)
+    GROUP BY Fingerprint ORDER BY Fingerprint
+    """
+    minutes = _rows(db, template.replace("__SOURCE__", "otel_db_1m"), **parameters)
+    ((_, calls, base_calls, *_),) = minutes
+    assert (calls, base_calls) == (5, 3)
+    tiered = template.replace("__SOURCE__", DB_IN_WINDOW_AND_BASELINE)
+    assert _rows(db, tiered, **parameters) == minutes
 
 
 def test_the_migration_fills_the_hourly_edges_from_each_minutes_latest_run(db: Any) -> None:

@@ -37,7 +37,12 @@ from prometheus_client import Counter
 from pydantic import BaseModel
 
 from tracehouse.diagnosis.api import DEFAULT_SAMPLE, Diagnosis, diagnose
-from tracehouse.query._rollups import ENTRY_KINDS, MinuteWindow, quantiles_ms
+from tracehouse.query._rollups import (
+    ENTRY_KINDS,
+    MinuteWindow,
+    quantiles_ms,
+    window_and_baseline,
+)
 from tracehouse.query.params import TimeRange, invalid, time_range
 from tracehouse.query.slow_services import RED_SQL
 
@@ -394,9 +399,7 @@ class InsightDetector:
         result = self._client.query(
             RED_SQL,
             parameters={
-                **window.parameters(),
-                "base_start": int(base_start.timestamp()),
-                "base_end": int(window.start.timestamp()),
+                **window_and_baseline(window, base_start, window.start),
                 "kinds": list(ENTRY_KINDS),
             },
         )

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tracehouse.query.params import TimeRange, invalid
+from tracehouse.topology.edges import edges_in
 
 _MINUTE = 60
 _HOUR = 3600
@@ -36,36 +37,50 @@ _NS_PER_MS = 1_000_000
 
 # For reading a window and its baseline in one pass: ``WITH {WINDOW_AND_BASELINE}`` names the
 # conditions ``Current`` and ``Base`` on ``Minute`` (parameters start, end, base_start,
-# base_end, epoch seconds); ``WINDOW_OR_BASELINE`` is either one, for a subquery's WHERE.
+# base_end, epoch seconds: ``window_and_baseline``).
 WINDOW_AND_BASELINE = """
     Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64})
     AS Current,
     Minute >= fromUnixTimestamp({base_start:Int64}) AND Minute < fromUnixTimestamp({base_end:Int64})
     AS Base"""
-WINDOW_OR_BASELINE = """(
-        (Minute >= fromUnixTimestamp({start:Int64}) AND Minute < fromUnixTimestamp({end:Int64}))
-        OR (Minute >= fromUnixTimestamp({base_start:Int64})
-            AND Minute < fromUnixTimestamp({base_end:Int64})))"""
 
 
-def _tiered(minute_table: str, hour_table: str, columns: str) -> str:
-    """A subquery with the rows of ``[start, end)`` (``MinuteWindow.parameters()``): whole
-    hours ``[hours_start, hours_end)`` from ``hour_table`` (its ``Hour`` as ``Minute``), the
-    other minutes from ``minute_table``. Readers aggregate it like the minute table."""
-    return f"""(
-    SELECT Minute, {columns}
-    FROM {minute_table}
-    WHERE Minute >= fromUnixTimestamp({{start:Int64}}) AND Minute < fromUnixTimestamp({{end:Int64}})
-      AND (Minute < fromUnixTimestamp({{hours_start:Int64}})
-           OR Minute >= fromUnixTimestamp({{hours_end:Int64}}))
-    UNION ALL
-    SELECT Hour AS Minute, {columns}
-    FROM {hour_table}
-    WHERE Hour >= fromUnixTimestamp({{hours_start:Int64}})
-      AND Hour < fromUnixTimestamp({{hours_end:Int64}})
-)"""
+# The parameters of a baseline range carry this prefix (``base_start``, ``base_hours_start``,
+# …: ``MinuteWindow.parameters(BASE)``).
+BASE = "base_"
 
 
+def whole_hours(prefix: str = "") -> tuple[str, str]:
+    """Conditions on ``Minute`` and on ``Hour`` that split the range ``[{prefix}start,
+    {prefix}end)`` (``MinuteWindow.parameters(prefix)``): its minutes outside the whole hours,
+    and its whole hours."""
+    minutes = f"""Minute >= fromUnixTimestamp({{{prefix}start:Int64}})
+      AND Minute < fromUnixTimestamp({{{prefix}end:Int64}})
+      AND (Minute < fromUnixTimestamp({{{prefix}hours_start:Int64}})
+           OR Minute >= fromUnixTimestamp({{{prefix}hours_end:Int64}}))"""
+    hours = f"""Hour >= fromUnixTimestamp({{{prefix}hours_start:Int64}})
+      AND Hour < fromUnixTimestamp({{{prefix}hours_end:Int64}})"""
+    return minutes, hours
+
+
+def _tiered(minute_table: str, hour_table: str, columns: str, *prefixes: str) -> str:
+    """A subquery with the rows of ``[start, end)`` (``MinuteWindow.parameters()``; of each
+    range named by ``prefixes`` if given): whole hours ``[hours_start, hours_end)`` from
+    ``hour_table`` (its ``Hour`` as ``Minute``), the other minutes from ``minute_table``.
+    Readers aggregate it like the minute table."""
+    parts = []
+    for prefix in prefixes or ("",):
+        minutes, hours = whole_hours(prefix)
+        parts.append(f"SELECT Minute, {columns}\n    FROM {minute_table}\n    WHERE {minutes}")
+        parts.append(f"SELECT Hour AS Minute, {columns}\n    FROM {hour_table}\n    WHERE {hours}")
+    return "(\n    " + "\n    UNION ALL\n    ".join(parts) + "\n)"
+
+
+_DB_COLUMNS = (
+    "ServiceName, DbSystem, DbNamespace, Fingerprint, NormalizedStatement, SampleStatement, "
+    "Calls, Errors, SlowCalls, SlowThresholdMs, DurationSum, DurationMax, DurationQuantiles, "
+    "ExemplarTraceIds, SlowestTraceId"
+)
 RED_IN_WINDOW = _tiered(
     "otel_red_1m",
     "otel_red_1h",
@@ -79,13 +94,14 @@ SERVICES_IN_WINDOW = _tiered(
     "otel_services_1h",
     "ServiceName, Kind, Calls, Errors, DurationSum, DurationMin, DurationMax, DurationQuantiles",
 )
-DB_IN_WINDOW = _tiered(
-    "otel_db_1m",
-    "otel_db_1h",
-    "ServiceName, DbSystem, DbNamespace, Fingerprint, NormalizedStatement, SampleStatement, "
-    "Calls, Errors, SlowCalls, SlowThresholdMs, DurationSum, DurationMax, DurationQuantiles, "
-    "ExemplarTraceIds, SlowestTraceId",
-)
+DB_IN_WINDOW = _tiered("otel_db_1m", "otel_db_1h", _DB_COLUMNS)
+# A window and its baseline (``WINDOW_AND_BASELINE`` tells their rows apart), each read by
+# whole hours and minutes like the above; the parameters of ``window_and_baseline``. Not for
+# RED: merging the hours' larger t-digest states made slow services' 1-7 hour reads slower.
+DB_IN_WINDOW_AND_BASELINE = _tiered("otel_db_1m", "otel_db_1h", _DB_COLUMNS, "", BASE)
+# The latest service-graph edges (``topology.edges.latest_edges``), by whole hours and minutes.
+EDGES_IN_WINDOW = edges_in(whole_hours())
+EDGES_IN_WINDOW_AND_BASELINE = edges_in(whole_hours(), whole_hours(BASE))
 
 KINDS = ("server", "client", "producer", "consumer", "internal", "unspecified")
 # Spans that are requests a service handles: what a service's calls and latency count.
@@ -105,16 +121,28 @@ class MinuteWindow:
     end: dt.datetime
     seconds: float
 
-    def parameters(self) -> dict[str, int]:
+    def parameters(self, prefix: str = "") -> dict[str, int]:
         """``{start:Int64}`` and ``{end:Int64}``: epoch seconds of the first minute and of the
         minute after the last one (``Minute >= start AND Minute < end``); ``hours_start`` and
-        ``hours_end``: the whole hours inside, for the hourly tier (equal when there are none)."""
+        ``hours_end``: the whole hours inside, for the hourly tier (equal when there are none).
+        Each name is prefixed with ``prefix``."""
         start, end = int(self.start.timestamp()), int(self.end.timestamp())
         hours_start = -(-start // _HOUR) * _HOUR
         hours_end = end // _HOUR * _HOUR
         if hours_end <= hours_start:
             hours_start = hours_end = start
-        return {"start": start, "end": end, "hours_start": hours_start, "hours_end": hours_end}
+        values = {"start": start, "end": end, "hours_start": hours_start, "hours_end": hours_end}
+        return {prefix + name: value for name, value in values.items()}
+
+
+def window_and_baseline(
+    window: MinuteWindow, base_start: dt.datetime, base_end: dt.datetime
+) -> dict[str, int]:
+    """The parameters of ``WINDOW_AND_BASELINE`` and of the ``*_IN_WINDOW_AND_BASELINE``
+    subqueries: ``window`` and the baseline ``[base_start, base_end)`` (whole minutes)."""
+    seconds = (base_end - base_start).total_seconds()
+    baseline = MinuteWindow(base_start, base_end, seconds)
+    return {**window.parameters(), **baseline.parameters(BASE)}
 
 
 def minute_window(time_range: TimeRange, now: dt.datetime | None = None) -> MinuteWindow:

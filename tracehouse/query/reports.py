@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from tracehouse.query._rollups import (
     DB_IN_WINDOW,
+    EDGES_IN_WINDOW,
     KIND_DESCRIPTION,
     RED_IN_WINDOW,
     SERVICES_IN_WINDOW,
@@ -31,7 +32,6 @@ from tracehouse.query._rollups import (
     rate,
 )
 from tracehouse.query.params import TimeRange, invalid, time_range
-from tracehouse.topology.edges import EDGES_IN_WINDOW
 
 Entity = Literal["service", "operation", "sql", "edge", "error"]
 By = Literal["p99", "calls", "errors", "error_rate", "total_time"]

@@ -32,16 +32,17 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from tracehouse.query._rollups import (
+    DB_IN_WINDOW_AND_BASELINE,
+    EDGES_IN_WINDOW_AND_BASELINE,
     ENTRY_KINDS,
     WINDOW_AND_BASELINE,
-    WINDOW_OR_BASELINE,
     MinuteWindow,
     minute_window,
     ms,
     quantiles_ms,
+    window_and_baseline,
 )
 from tracehouse.query.params import TimeRange, invalid, time_range
-from tracehouse.topology.edges import latest_edges
 
 Baseline = Literal["previous", "day"]
 CauseType = Literal["edge", "sql", "self"]
@@ -93,7 +94,7 @@ SELECT
     sumIf(ClientDurationSum, Current) AS total_ns,
     sumIf(Calls, Base) AS base_calls,
     sumIf(ClientDurationSum, Base) AS base_total_ns
-FROM ({latest_edges(WINDOW_OR_BASELINE)})
+FROM ({EDGES_IN_WINDOW_AND_BASELINE})
 WHERE Version = LatestVersion
   AND has({{services:Array(String)}}, Source)
   AND ConnectionType IN ('service', 'messaging', 'external')
@@ -114,20 +115,34 @@ SELECT
     sumIf(DurationSum, Base) AS base_total_ns,
     argMaxMergeIf(SlowestTraceId, Current) AS slowest_trace_id,
     groupUniqArrayMergeIf(5)(ExemplarTraceIds, Current) AS exemplar_trace_ids
-FROM otel_db_1m
+FROM {DB_IN_WINDOW_AND_BASELINE}
 WHERE has({{services:Array(String)}}, ServiceName) AND (Current OR Base)
 GROUP BY service, fingerprint, db_system
 """
 
-# The slowest entry spans of each slow service and operation in the window.
+# The slowest entry spans of each slow service and operation in the window. Scanning the
+# window's raw spans cost seconds over 24 hours; the minute rollup's DurationMax names, per
+# service and operation, the three minutes with the slowest spans, and the primary key reads
+# only those minutes. The three slowest spans always lie in them: a span outside them is beaten
+# by the slowest span of each of three other minutes.
 EXEMPLARS_SQL = """
 SELECT ServiceName AS service, SpanName AS operation, TraceId AS trace_id
 FROM otel_traces
-WHERE has({services:Array(String)}, ServiceName)
+WHERE (ServiceName, SpanName, toStartOfMinute(toDateTime(Timestamp))) IN (
+        SELECT ServiceName, SpanName, Minute
+        FROM otel_red_1m
+        WHERE has({services:Array(String)}, ServiceName)
+          AND has({kinds:Array(String)}, Kind)
+          AND Minute >= fromUnixTimestamp({start:Int64})
+          AND Minute < fromUnixTimestamp({end:Int64})
+        GROUP BY ServiceName, SpanName, Minute
+        ORDER BY max(DurationMax) DESC
+        LIMIT 3 BY ServiceName, SpanName)
+  AND has({services:Array(String)}, ServiceName)
   AND Timestamp >= fromUnixTimestamp({start:Int64})
   AND Timestamp < fromUnixTimestamp({end:Int64})
   AND SpanKind IN ('Server', 'SPAN_KIND_SERVER', 'Consumer', 'SPAN_KIND_CONSUMER')
-ORDER BY Duration DESC
+ORDER BY Duration DESC, TraceId
 LIMIT 3 BY ServiceName, SpanName
 """
 
@@ -337,11 +352,7 @@ def find_slow(
 ) -> SlowServicesPage:
     """The slow services and entry operations of ``window``, most severe first."""
     base_start, base_end = baseline_window(window, baseline)
-    parameters: dict[str, Any] = {
-        **window.parameters(),
-        "base_start": int(base_start.timestamp()),
-        "base_end": int(base_end.timestamp()),
-    }
+    parameters: dict[str, Any] = window_and_baseline(window, base_start, base_end)
     reds = [
         _Red.of(row) for row in _rows(client, RED_SQL, {**parameters, "kinds": list(ENTRY_KINDS)})
     ]
@@ -379,7 +390,8 @@ def find_slow(
     for row in _rows(client, SQL_TIME_SQL, scoped):
         statements.setdefault(row["service"], []).append(row)
     exemplars: dict[tuple[str, str], list[str]] = {}
-    for row in _rows(client, EXEMPLARS_SQL, {**window.parameters(), "services": services}):
+    exemplar_parameters = {**window.parameters(), "services": services, "kinds": list(ENTRY_KINDS)}
+    for row in _rows(client, EXEMPLARS_SQL, exemplar_parameters):
         exemplars.setdefault((row["service"], row["operation"]), []).append(row["trace_id"])
     service_exemplars = {
         service: sorted({t for (s, _), ids in exemplars.items() if s == service for t in ids})

@@ -19,6 +19,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 
 from tracehouse.query._rollups import (
+    EDGES_IN_WINDOW,
     ENTRY_KINDS,
     SERVICES_IN_WINDOW,
     MinuteWindow,
@@ -28,7 +29,6 @@ from tracehouse.query._rollups import (
     rate,
 )
 from tracehouse.query.params import TimeRange, invalid, time_range
-from tracehouse.topology.edges import EDGES_IN_WINDOW
 
 USER_NODE = "user"
 NodeType = Literal["service", "database", "messaging", "external", "user"]

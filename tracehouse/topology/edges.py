@@ -165,20 +165,15 @@ def latest_edges(minutes: str = _IN_WINDOW, table: str = "otel_edges_1m") -> str
 """
 
 
-_OUTSIDE_WHOLE_HOURS = """
-      AND (Minute < fromUnixTimestamp({hours_start:Int64})
-           OR Minute >= fromUnixTimestamp({hours_end:Int64}))"""
-_WHOLE_HOURS = (
-    "Hour >= fromUnixTimestamp({hours_start:Int64}) AND Hour < fromUnixTimestamp({hours_end:Int64})"
-)
-# The latest edges of ``[start, end)``: whole hours ``[hours_start, hours_end)`` from the
-# hourly table (migration 0014), the other minutes from the minute table — the parameters of
-# ``MinuteWindow.parameters()``. Readers keep ``Version = LatestVersion`` as for minutes.
-EDGES_IN_WINDOW = f"""
-    {latest_edges(_IN_WINDOW + _OUTSIDE_WHOLE_HOURS)}
-    UNION ALL
-    {latest_edges(_WHOLE_HOURS, "otel_edges_1h")}
-"""
+def edges_in(*ranges: tuple[str, str]) -> str:
+    """The latest edges of time ranges, each given as its conditions on ``Minute`` (the minutes
+    read from the minute table) and on ``Hour`` (the whole hours read from the hourly table,
+    migration 0014): ``query._rollups.whole_hours``. Readers keep ``Version = LatestVersion``
+    as for minutes."""
+    parts = []
+    for minutes, hours in ranges:
+        parts += [latest_edges(minutes), latest_edges(hours, "otel_edges_1h")]
+    return "\n    UNION ALL\n".join(parts)
 
 
 # After the minutes: the hours they fall in, from those hours' latest minute edges, under the
