@@ -24,7 +24,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from tests.query.shop import MS, Shop, running_shop
-from tracehouse.query.traces import FIND_TRACE_IDS_SQL, span_depths
+from tests.topology.spans import Span, new_id, send
+from tracehouse.query.traces import FIND_TRACE_IDS_SQL, find_trace_ids, span_depths
 
 
 @pytest.fixture(scope="module")
@@ -666,6 +667,45 @@ def test_search_binds_values(shop: Shop, name: str, value: str) -> None:
     assert response.status_code == 200, response.text
     assert response.json() == {"traces": []}
     assert len(shop.get("/traces", {"service": shop.service("checkout")}).json()["traces"]) == 2
+
+
+def test_a_long_search_reads_from_the_end_and_ranks_like_one_query(shop: Shop) -> None:
+    """Over two hours the search reads the last quarter hour first, then the hour before it,
+    and so on. Its traces and their order are those of one query over the whole range."""
+    service = shop.service("stepped")
+    end_ns = shop.base_ns + 60 * 10**9
+    minutes_ago = {  # trace -> its spans' starts, in minutes before the end
+        "T1": (2, 50),  # in the first part and the second: ranked by its newest span
+        "T2": (8,),
+        "T3": (40,),
+        "T4": (70,),
+        "T5": (100,),
+    }
+    ids = {key: new_id(16) for key in minutes_ago}
+    spans = [
+        Span(service, "server", end_ns - m * 60 * 10**9, 5, trace_id=ids[key])
+        for key, starts in minutes_ago.items()
+        for m in starts
+    ]
+    send(shop.app, *spans)
+    parameters: dict[str, Any] = {
+        "start_ns": end_ns - 120 * 60 * 10**9,
+        "end_ns": end_ns,
+        "service": service,
+        "operation": "",
+        "min_duration_ns": 0,
+        "max_duration_ns": 2**64 - 1,
+        "status": "",
+        "kind": "",
+        "attr_keys": [],
+        "attr_values": [],
+    }
+    client = shop.app.client
+    for limit, expected in ((3, ["T1", "T2", "T3"]), (10, ["T1", "T2", "T3", "T4", "T5"])):
+        found = find_trace_ids(client, {**parameters, "limit": limit})
+        assert found == [ids[key] for key in expected]
+        whole = client.query(FIND_TRACE_IDS_SQL, parameters={**parameters, "limit": limit})
+        assert found == [row[0] for row in whole.result_rows]
 
 
 def test_search_reads_the_primary_key(shop: Shop) -> None:

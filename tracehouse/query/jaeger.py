@@ -24,7 +24,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from tracehouse.query.params import MAX_RANGE
-from tracehouse.query.traces import FIND_TRACE_IDS_SQL, TRACES_IN_WINDOW, TRACES_WINDOW_CTE
+from tracehouse.query.traces import TRACES_IN_WINDOW, TRACES_WINDOW_CTE, find_trace_ids
 from tracehouse.storage.conventions import SPAN_KIND, STATUS
 
 DEFAULT_LOOKBACK_NS = 3600 * 1_000_000_000
@@ -442,8 +442,7 @@ class _JaegerReader:
         return jaeger_traces(rows, trace_ids)
 
     def search(self, query: SearchQuery) -> list[dict[str, Any]]:
-        rows = self._client.query(FIND_TRACE_IDS_SQL, parameters=query.parameters()).result_rows
-        return self.traces([row[0] for row in rows])
+        return self.traces(find_trace_ids(self._client, query.parameters()))
 
     def dependencies(self, start_ms: int, end_ms: int) -> list[dict[str, Any]]:
         parameters = {"start_ms": start_ms, "end_ms": end_ms}
