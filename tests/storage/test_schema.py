@@ -19,6 +19,7 @@ from typing import Any
 import clickhouse_connect
 import pytest
 
+from tracehouse.query.traces import TRACE_SPANS_SQL
 from tracehouse.storage import (
     Migrator,
     SchemaOptions,
@@ -29,6 +30,7 @@ from tracehouse.storage import (
 )
 from tracehouse.storage.schema import (
     MIGRATIONS_TABLE,
+    TRACE_ID_PROJECTION,
     load_migrations,
     migrations_table_ddl,
     render,
@@ -804,6 +806,55 @@ def test_changed_retention_matches_a_fresh_install_with_it(
         return dict(rows)
 
     assert definitions(changed) == definitions(fresh)
+
+
+def _projections(client: Any, table: str) -> list[str]:
+    (query,) = client.query(
+        "SELECT create_table_query FROM system.tables "
+        "WHERE database = currentDatabase() AND name = {t:String}",
+        parameters={"t": table},
+    ).first_row
+    return re.findall(r"PROJECTION (\w+)", query)
+
+
+def test_the_trace_id_projection_follows_the_setting_and_serves_trace_lookups(db: Any) -> None:
+    """Decision 0023: off by default; when on, a trace's spans are read through the copy
+    ordered by trace id, parts written before it included; off again drops it, rows stay."""
+    assert Migrator(db, SchemaOptions()).migrate() == MIGRATION_NAMES
+    assert _projections(db, "otel_traces") == []
+    trace_id = uuid.uuid4().hex
+    before = _collector_span(trace_id)
+    _insert_as_collector(db, "otel_traces", before)
+
+    assert Migrator(db, SchemaOptions(trace_id_projection=True)).migrate() == []
+    assert _projections(db, "otel_traces") == [TRACE_ID_PROJECTION]
+    after = {**_collector_span(trace_id), "SpanId": uuid.uuid4().hex[:16]}
+    _insert_as_collector(db, "otel_traces", after)
+    now_ns = int(datetime.now(UTC).timestamp() * 1e9)
+    window = {
+        "trace_id": trace_id,
+        "start_ns": now_ns - 3_600 * 10**9,
+        "end_ns": now_ns + 60 * 10**9,
+    }
+    spans = db.query(TRACE_SPANS_SQL, parameters=window).named_results()
+    assert sorted(row["span_id"] for row in spans) == sorted([before["SpanId"], after["SpanId"]])
+    # Other traces' spans, enough for the copy to beat the table's granules: the parts written
+    # since are read through it (the query fails otherwise).
+    db.command(
+        "INSERT INTO otel_traces (Timestamp, TraceId, SpanId, ServiceName, SpanName) "
+        "SELECT now64(9), lower(hex(randomString(16))), lower(hex(randomString(8))), "
+        "concat('filler-', toString(number % 7)), toString(number % 13) FROM numbers(40000)"
+    )
+    forced = db.query(
+        TRACE_SPANS_SQL + f" SETTINGS force_optimize_projection_name = '{TRACE_ID_PROJECTION}'",
+        parameters={**window, "start_ns": now_ns - 60 * 10**9},
+    ).result_rows
+    assert forced
+
+    assert Migrator(db, SchemaOptions()).migrate() == []
+    assert _projections(db, "otel_traces") == []
+    assert _count(db, "otel_traces", trace_id) == 2
+    assert len(db.query(TRACE_SPANS_SQL, parameters=window).result_rows) == 2
 
 
 # --- 7. unusable URLs --------------------------------------------------------------------

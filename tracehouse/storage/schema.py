@@ -114,12 +114,14 @@ def parse_slow_sql_thresholds(text: str) -> tuple[int, tuple[tuple[str, int], ..
 
 @dataclass(frozen=True)
 class SchemaOptions:
-    """What shapes the DDL: the cluster (None for one node), retention per signal, and the
-    slow-call thresholds of database calls (ms; per ``db.system``, and for all others)."""
+    """What shapes the DDL: the cluster (None for one node), retention per signal, the
+    trace-id projection of ``otel_traces``, and the slow-call thresholds of database calls
+    (ms; per ``db.system``, and for all others)."""
 
     cluster: str | None = None
     traces_retention_days: int = 0
     logs_retention_days: int = 0
+    trace_id_projection: bool = False
     slow_sql_default_ms: int = 200
     slow_sql_ms: tuple[tuple[str, int], ...] = (("memcached", 10), ("redis", 10))
 
@@ -161,6 +163,10 @@ class SchemaOptions:
     def ttl(self, table: str) -> str:
         days = self.retention_days(table)
         return f"TTL {_TTL_COLUMNS[table]} + toIntervalDay({days})" if days else ""
+
+
+# The projection of otel_traces that keeps its spans ordered by trace id (decision 0023).
+TRACE_ID_PROJECTION = "by_trace_id"
 
 
 def quote_identifier(name: str) -> str:
@@ -276,6 +282,7 @@ class Migrator:
             applied.append(f"{migration.version:04d}_{migration.name}")
         self.reconcile_retention()
         self.reconcile_slow_sql_thresholds()
+        self.reconcile_trace_id_projection()
         return applied
 
     def pending(self) -> list[Migration]:
@@ -298,6 +305,39 @@ class Migrator:
         log.info("slow SQL thresholds of otel_db_1m_mv: %s", wanted)
         for statement in render(view, self._options):
             self._client.command(statement)
+
+    def reconcile_trace_id_projection(self) -> None:
+        """Add or drop ``otel_traces``' copy of its spans ordered by trace id, as configured
+        (decision 0023). Parts written from now on carry it; older parts are read as before
+        until ``ALTER TABLE otel_traces MATERIALIZE PROJECTION by_trace_id`` rewrites them."""
+        local = self._options.local_name("otel_traces")
+        rows = self._client.query(
+            "SELECT create_table_query FROM system.tables "
+            "WHERE database = currentDatabase() AND name = {t:String}",
+            parameters={"t": local},
+        ).result_rows
+        if not rows:
+            return
+        present = f"PROJECTION {TRACE_ID_PROJECTION}" in rows[0][0]
+        wanted = self._options.trace_id_projection
+        if present == wanted:
+            return
+        if wanted:
+            log.info(
+                "adding projection %s to %s; existing parts get it with ALTER TABLE %s "
+                "MATERIALIZE PROJECTION %s",
+                TRACE_ID_PROJECTION,
+                local,
+                local,
+                TRACE_ID_PROJECTION,
+            )
+            action = (
+                f"ADD PROJECTION IF NOT EXISTS {TRACE_ID_PROJECTION} (SELECT * ORDER BY TraceId)"
+            )
+        else:
+            log.info("dropping projection %s of %s", TRACE_ID_PROJECTION, local)
+            action = f"DROP PROJECTION IF EXISTS {TRACE_ID_PROJECTION}"
+        self._client.command(f"ALTER TABLE {local} {self._options.on_cluster} {action}")
 
     def reconcile_retention(self) -> None:
         """Make each table's TTL match the configured retention (changed settings apply here)."""
