@@ -669,6 +669,23 @@ def test_search_binds_values(shop: Shop, name: str, value: str) -> None:
     assert len(shop.get("/traces", {"service": shop.service("checkout")}).json()["traces"]) == 2
 
 
+def _search_parameters(start_ns: int, end_ns: int, service: str, limit: int = 20) -> dict[str, Any]:
+    """The parameters of ``FIND_TRACE_IDS_SQL`` for one service's traces, no other filter."""
+    return {
+        "start_ns": start_ns,
+        "end_ns": end_ns,
+        "service": service,
+        "operation": "",
+        "min_duration_ns": 0,
+        "max_duration_ns": 2**64 - 1,
+        "status": "",
+        "kind": "",
+        "attr_keys": [],
+        "attr_values": [],
+        "limit": limit,
+    }
+
+
 def test_a_long_search_reads_from_the_end_and_ranks_like_one_query(shop: Shop) -> None:
     """Over two hours the search reads the last quarter hour first, then the hour before it,
     and so on. Its traces and their order are those of one query over the whole range."""
@@ -688,43 +705,20 @@ def test_a_long_search_reads_from_the_end_and_ranks_like_one_query(shop: Shop) -
         for m in starts
     ]
     send(shop.app, *spans)
-    parameters: dict[str, Any] = {
-        "start_ns": end_ns - 120 * 60 * 10**9,
-        "end_ns": end_ns,
-        "service": service,
-        "operation": "",
-        "min_duration_ns": 0,
-        "max_duration_ns": 2**64 - 1,
-        "status": "",
-        "kind": "",
-        "attr_keys": [],
-        "attr_values": [],
-    }
     client = shop.app.client
     for limit, expected in ((3, ["T1", "T2", "T3"]), (10, ["T1", "T2", "T3", "T4", "T5"])):
-        found = find_trace_ids(client, {**parameters, "limit": limit})
+        parameters = _search_parameters(end_ns - 120 * 60 * 10**9, end_ns, service, limit)
+        found = find_trace_ids(client, parameters)
         assert found == [ids[key] for key in expected]
-        whole = client.query(FIND_TRACE_IDS_SQL, parameters={**parameters, "limit": limit})
+        whole = client.query(FIND_TRACE_IDS_SQL, parameters=parameters)
         assert found == [row[0] for row in whole.result_rows]
 
 
 def test_search_reads_the_primary_key(shop: Shop) -> None:
     """The service filter's switch folds away, so the primary key narrows the read."""
+    parameters = _search_parameters(shop.base_ns, shop.base_ns + 10**9, shop.service("checkout"))
     plan = shop.app.client.query(
-        "EXPLAIN indexes = 1 " + FIND_TRACE_IDS_SQL,
-        parameters={
-            "start_ns": shop.base_ns,
-            "end_ns": shop.base_ns + 10**9,
-            "service": shop.service("checkout"),
-            "operation": "",
-            "min_duration_ns": 0,
-            "max_duration_ns": 2**64 - 1,
-            "status": "",
-            "kind": "",
-            "attr_keys": [],
-            "attr_values": [],
-            "limit": 20,
-        },
+        "EXPLAIN indexes = 1 " + FIND_TRACE_IDS_SQL, parameters=parameters
     ).result_rows
     text = "\n".join(row[0] for row in plan)
     primary_key = text.split("PrimaryKey", 1)[1]

@@ -290,16 +290,22 @@ class Migrator:
         done = self.applied_versions()
         return [m for m in load_migrations() if m.version not in done]
 
+    def _definition(self, table: str, column: str = "create_table_query") -> str | None:
+        """``column`` of ``table`` in ``system.tables`` (current database); None if absent."""
+        rows = self._client.query(
+            f"SELECT {column} FROM system.tables "
+            "WHERE database = currentDatabase() AND name = {t:String}",
+            parameters={"t": table},
+        ).result_rows
+        return str(rows[0][0]) if rows else None
+
     def reconcile_slow_sql_thresholds(self) -> None:
         """Make the database-call view count slow calls with the configured thresholds: the
         view of migration 0009 is re-rendered when its thresholds differ. Minutes already
         rolled up keep the thresholds they were counted with (``SlowThresholdMs``)."""
-        rows = self._client.query(
-            "SELECT create_table_query FROM system.tables "
-            "WHERE database = currentDatabase() AND name = 'otel_db_1m_mv'"
-        ).result_rows
+        definition = self._definition("otel_db_1m_mv")
         wanted = self._options.slow_sql_expression()
-        if not rows or wanted in rows[0][0]:
+        if definition is None or wanted in definition:
             return
         (view,) = [m for m in load_migrations() if m.name == _SLOW_SQL_MIGRATION]
         log.info("slow SQL thresholds of otel_db_1m_mv: %s", wanted)
@@ -311,14 +317,10 @@ class Migrator:
         (decision 0023). Parts written from now on carry it; older parts are read as before
         until ``ALTER TABLE otel_traces MATERIALIZE PROJECTION by_trace_id`` rewrites them."""
         local = self._options.local_name("otel_traces")
-        rows = self._client.query(
-            "SELECT create_table_query FROM system.tables "
-            "WHERE database = currentDatabase() AND name = {t:String}",
-            parameters={"t": local},
-        ).result_rows
-        if not rows:
+        definition = self._definition(local)
+        if definition is None:
             return
-        present = f"PROJECTION {TRACE_ID_PROJECTION}" in rows[0][0]
+        present = f"PROJECTION {TRACE_ID_PROJECTION}" in definition
         wanted = self._options.trace_id_projection
         if present == wanted:
             return
@@ -343,14 +345,10 @@ class Migrator:
         """Make each table's TTL match the configured retention (changed settings apply here)."""
         for table in _TTL_COLUMNS:
             local = self._options.local_name(table)
-            rows = self._client.query(
-                "SELECT engine_full FROM system.tables "
-                "WHERE database = currentDatabase() AND name = {t:String}",
-                parameters={"t": local},
-            ).result_rows
-            if not rows:
+            engine = self._definition(local, "engine_full")
+            if engine is None:
                 continue
-            match = _TTL_DAYS.search(rows[0][0])
+            match = _TTL_DAYS.search(engine)
             current = int(match.group(1)) if match else 0
             wanted = self._options.retention_days(table)
             if current == wanted:
